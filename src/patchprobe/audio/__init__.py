@@ -1,0 +1,6 @@
+"""Audio input: decoding, resampling and the Kaldi-style log-mel front-end."""
+
+from .decode import load_audio, prepare_waveform
+from .fbank import FbankConfig, kaldi_fbank
+
+__all__ = ["FbankConfig", "kaldi_fbank", "load_audio", "prepare_waveform"]

@@ -1,0 +1,185 @@
+"""The `patchprobe` command line. Thin: every command calls the public Python API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import PatchprobeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Probe frozen audio encoders through their patch tokens.")
+console = Console()
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/bold red] {exc}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def demo(
+    encoder: str = typer.Option("tiny-mae", help="encoder to probe (tiny-mae, toy-vit, birdnet)"),
+    out: Path = typer.Option(Path("patchprobe-demo"), help="results folder (reused and resumed on rerun)"),
+    quick: bool = typer.Option(False, "--quick", help="small, fast version (the CI run): under 4 minutes on 2 cores"),
+    device: str = typer.Option("cpu", help="torch device for encoder and probes"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+) -> None:
+    """Synthetic localized events -> encoder -> bank -> linear / mhca / protobin -> table and figure."""
+    from .demo import DemoConfig, results_markdown, run_demo
+
+    config = DemoConfig.quick_mode(encoder=encoder, out=out, device=device) if quick else DemoConfig(encoder=encoder, out=out, device=device)
+    try:
+        summary = run_demo(config, progress=not quiet, console=console)
+    except PatchprobeError as exc:
+        _fail(exc)
+    console.print()
+    console.print(results_markdown(summary))
+    for kind, gaps in summary["gaps"].items():
+        console.print(f"{kind}: " + ", ".join(f"{k} = {v:+.3f}" for k, v in gaps.items()))
+    console.print(f"\nwrote {out / 'summary.json'}, {out / 'results.md'}, {out / 'demo_results.png'}  ({summary['timings']['total_s']:.0f} s)")
+
+
+@app.command()
+def extract(
+    manifest: Path = typer.Option(..., help="CSV with columns path, labels, split"),
+    encoder: str = typer.Option(..., help="registered encoder name (see `patchprobe encoders`)"),
+    bank: Path = typer.Option(..., help="bank folder to create or resume"),
+    split: Optional[list[str]] = typer.Option(None, help="split(s) to extract (default: all non-empty)"),
+    batch_size: Optional[int] = typer.Option(None, help="clips per encoder call"),
+    layer: Optional[int] = typer.Option(None, help="block whose output to store (default: last)"),
+    device: str = typer.Option("cpu", help="torch device"),
+    dtype: str = typer.Option("float16", help="storage dtype of token maps: float16 or float32"),
+    chunk_clips: int = typer.Option(256, help="clips per committed chunk (resume granularity)"),
+    multilabel: Optional[bool] = typer.Option(None, "--multilabel/--multiclass", help="override the inferred task type"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="record unreadable clips and continue"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Build (or resume) a token-map bank from a CSV manifest."""
+    from .bank import Bank, extract_bank
+    from .datasets import ManifestDataset
+    from .encoders import create_encoder
+
+    try:
+        dataset = ManifestDataset(manifest, multilabel=multilabel)
+        kwargs = {"layer": layer, "device": device} if encoder != "birdnet" else {}
+        model = create_encoder(encoder, **kwargs)
+        extract_bank(dataset, model, bank, splits=split, batch_size=batch_size, chunk_clips=chunk_clips,
+                     dtype=dtype, skip_bad=skip_bad, progress=not quiet)
+        _print_info(Bank(bank).describe())
+    except PatchprobeError as exc:
+        _fail(exc)
+
+
+@app.command()
+def train(
+    bank: Path = typer.Option(..., help="bank folder built by `patchprobe extract`"),
+    probe: str = typer.Option(..., help="probe name (see `patchprobe probes`)"),
+    out: Path = typer.Option(..., help="run folder for config.json, metrics.json and weights"),
+    epochs: int = typer.Option(30),
+    lr: float = typer.Option(1e-3, help="peak learning rate (AdamW, cosine schedule with warm-up)"),
+    weight_decay: float = typer.Option(1e-4),
+    batch_size: int = typer.Option(128),
+    loss: str = typer.Option("auto", help="auto (ASL for multi-label, CE for multi-class), asl, bce or ce"),
+    seed: int = typer.Option(0),
+    prototypes_per_class: Optional[int] = typer.Option(None, help="J for protobin (default 20)"),
+    probe_arg: Optional[list[str]] = typer.Option(None, help="extra probe argument KEY=VALUE (JSON value), repeatable"),
+    device: str = typer.Option("cpu"),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Train one probe on a bank and evaluate it on the bank's valid and test splits."""
+    from .train import TrainConfig, fit
+
+    args = {}
+    for item in probe_arg or []:
+        key, _, value = item.partition("=")
+        try:
+            args[key] = json.loads(value)
+        except json.JSONDecodeError:
+            args[key] = value
+    if prototypes_per_class is not None:
+        args["prototypes_per_class"] = prototypes_per_class
+    try:
+        config = TrainConfig(probe=probe, probe_args=args, epochs=epochs, lr=lr, weight_decay=weight_decay,
+                             batch_size=batch_size, loss=loss, seed=seed, data_seed=seed, device=device)
+        result = fit(bank, [config], [out], progress=not quiet)[0]
+    except (PatchprobeError, ValueError, TypeError) as exc:
+        _fail(exc)
+    table = Table(title=f"{probe} on {bank} ({result.probe.num_parameters():,} parameters, {result.seconds:.1f} s)")
+    table.add_column("split")
+    metrics = sorted({k for m in result.metrics.values() for k in m})
+    for name in metrics:
+        table.add_column(name, justify="right")
+    for split, values in result.metrics.items():
+        table.add_row(split, *[_fmt(values.get(name)) for name in metrics])
+    console.print(table)
+    console.print(f"wrote {out}/config.json, metrics.json, probe.safetensors")
+
+
+@app.command()
+def info(bank: Path = typer.Argument(..., help="bank folder")) -> None:
+    """Print a bank's shape, size on disk and metadata."""
+    from .bank import Bank
+
+    try:
+        _print_info(Bank(bank).describe())
+    except PatchprobeError as exc:
+        _fail(exc)
+
+
+@app.command()
+def encoders() -> None:
+    """List the registered encoders."""
+    from .encoders import ENCODERS
+
+    table = Table("name", "description")
+    for name in ENCODERS.names():
+        table.add_row(name, ENCODERS.description(name))
+    console.print(table)
+
+
+@app.command()
+def probes() -> None:
+    """List the registered probes."""
+    from .probes import PROBES
+
+    table = Table("name", "description")
+    for name in PROBES.names():
+        table.add_row(name, PROBES.description(name))
+    console.print(table)
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _print_info(described: dict) -> None:
+    console.print(f"[bold]{described['path']}[/bold]")
+    for key in ("encoder", "encoder_config_hash", "dataset", "multilabel", "library_version"):
+        console.print(f"  {key}: {described.get(key)}")
+    console.print(f"  classes ({len(described['classes'])}): {', '.join(described['classes'][:12])}{' ...' if len(described['classes']) > 12 else ''}")
+    table = Table("split", "clips", "token grid", "time steps", "global", "dtype", "size", "per clip", "complete", "skipped")
+    for name, split in described["splits"].items():
+        steps = split["time_steps"]
+        table.add_row(
+            name, f"{split['clips']}/{split['of']}", split["token_grid"], f"{steps['min']}-{steps['max']}" if steps else "-",
+            str(split["global_dim"]), split["dtype"], _bytes(split["bytes"]), _bytes(split["bytes_per_clip"]),
+            "yes" if split["complete"] else "no", str(split["skipped"]),
+        )
+    console.print(table)
+
+
+def _bytes(count: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return str(count)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,82 @@
+"""The frozen-encoder interface (waveform -> token map) and the encoder registry."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from .._io import stable_hash
+from ..registry import Registry
+
+
+@dataclass
+class EncoderOutput:
+    """What every encoder returns for a batch.
+
+    Attributes:
+        tokens: (B, T, F, D) token map in true time/frequency order (F = 1 for encoders without a
+            frequency axis).
+        mask: (B, T, F) bool, True where a token covers real audio (False = padding).
+        global_vector: (B, G) the model's own global embedding ([cls] token or pooled output), or None.
+    """
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    global_vector: torch.Tensor | None
+
+
+class Encoder(ABC):
+    """A frozen audio backbone.
+
+    Class attributes describe the model; `config()` returns everything that changes its output
+    (its hash keys the bank, so changed weights or settings never reuse an old bank).
+    """
+
+    name: str = "encoder"
+    sample_rate: int = 16000
+    clip_seconds: float | None = None  # the input length the model was trained on (None: any)
+    token_dim: int = 0
+    global_dim: int = 0  # 0 when the model offers no global vector
+    global_source: str = "none"  # "cls", "pooled" or "none"
+    default_batch_size: int = 16
+
+    @abstractmethod
+    def config(self) -> dict:
+        """JSON-serialisable description of everything that determines the output."""
+
+    @abstractmethod
+    def encode(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        """Encode a batch.
+
+        Args:
+            waveforms: (B, N) float32 mono at `sample_rate`, zero-padded to the longest clip.
+            lengths: (B,) int64 true sample counts.
+        """
+
+    def config_hash(self) -> str:
+        return stable_hash({"name": self.name, **self.config()})
+
+    def min_samples(self) -> int:
+        """Shortest clip the encoder accepts, in samples."""
+        return 1
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "sample_rate": self.sample_rate,
+            "clip_seconds": self.clip_seconds,
+            "token_dim": self.token_dim,
+            "global_dim": self.global_dim,
+            "global_source": self.global_source,
+            "config_hash": self.config_hash(),
+        }
+
+
+ENCODERS: Registry[Encoder] = Registry("encoder")
+
+
+def create_encoder(name: str, **kwargs) -> Encoder:
+    """Build a registered encoder by name, e.g. `create_encoder("tiny-mae", device="cpu")`."""
+    return ENCODERS.create(name, **kwargs)

@@ -1,0 +1,36 @@
+"""Exception types. Every error names the file, field or value at fault and what to do about it."""
+
+from __future__ import annotations
+
+
+class PatchprobeError(Exception):
+    """Base class for all errors raised by patchprobe."""
+
+
+class AudioError(PatchprobeError):
+    """A clip could not be decoded or is unusable (missing, unreadable, empty, non-finite, too short).
+
+    Attributes:
+        path: the file (or clip id) at fault.
+        problem: a short description of what is wrong.
+    """
+
+    def __init__(self, path: object, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class ManifestError(PatchprobeError):
+    """A dataset manifest is malformed (missing column, bad split, unknown class, ...)."""
+
+
+class BankError(PatchprobeError):
+    """A token-map bank is missing, incomplete, corrupt, or incompatible with the request."""
+
+
+class RegistryError(PatchprobeError, KeyError):
+    """An unknown name was asked of a registry (encoder, probe, dataset)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])

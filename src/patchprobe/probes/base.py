@@ -1,0 +1,61 @@
+"""The probe interface (token map -> class logits) and the probe registry."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..registry import Registry
+
+
+class Probe(nn.Module):
+    """A pooling head plus linear classifier trained on frozen token maps.
+
+    Subclasses implement `forward(tokens, mask, global_vector) -> logits`:
+        tokens: (B, T, F, D) float; mask: (B, T, F) bool, True = real token;
+        global_vector: (B, G) or None; logits: (B, C).
+    Padded tokens (mask False) must never change the output.
+    """
+
+    name: str = "probe"
+    uses_tokens: bool = True  # False for heads that read only the global vector
+
+    def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0) -> None:
+        super().__init__()
+        self.token_dim, self.num_classes, self.global_dim = token_dim, num_classes, global_dim
+
+    def num_parameters(self, trainable_only: bool = True) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """Optimizer groups; biases and norm parameters get no weight decay. Override for per-group lrs."""
+        decay = [p for p in self.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim < 2]
+        return [
+            {"params": decay, "lr": lr, "weight_decay": weight_decay},
+            {"params": no_decay, "lr": lr, "weight_decay": 0.0},
+        ]
+
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """Extra loss term added by the trainer (e.g. an orthogonality penalty); None when absent."""
+        return None
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of valid tokens. tokens: (B, T, F, D); mask: (B, T, F) -> (B, D)."""
+    weights = mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * weights).sum(dim=(1, 2)) / weights.sum(dim=(1, 2)).clamp(min=1.0)
+
+
+def flatten_tokens(tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, F, D), (B, T, F) -> (B, T*F, D), (B, T*F)."""
+    batch, time, freq, dim = tokens.shape
+    return tokens.reshape(batch, time * freq, dim), mask.reshape(batch, time * freq)
+
+
+PROBES: Registry[Probe] = Registry("probe")
+
+
+def create_probe(name: str, token_dim: int, num_classes: int, global_dim: int = 0, **hparams) -> Probe:
+    """Build a registered probe, e.g. `create_probe("protobin", token_dim=768, num_classes=10, prototypes_per_class=20)`."""
+    return PROBES.create(name, token_dim=token_dim, num_classes=num_classes, global_dim=global_dim, **hparams)

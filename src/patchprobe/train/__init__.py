@@ -1,0 +1,25 @@
+"""Training: losses, metrics, the shared-pass trainer, and run folders."""
+
+from .losses import LOSSES, asymmetric_loss
+from .metrics import average_precision, evaluate_scores, multiclass_metrics, multilabel_metrics, primary_metric, roc_auc
+from .run import fit, load_bank_splits, load_probe
+from .trainer import TrainConfig, TrainResult, evaluate, predict, train_probes
+
+__all__ = [
+    "LOSSES",
+    "TrainConfig",
+    "TrainResult",
+    "asymmetric_loss",
+    "average_precision",
+    "evaluate",
+    "evaluate_scores",
+    "fit",
+    "load_bank_splits",
+    "load_probe",
+    "multiclass_metrics",
+    "multilabel_metrics",
+    "predict",
+    "primary_metric",
+    "roc_auc",
+    "train_probes",
+]

@@ -1,0 +1,199 @@
+"""Train probes on a loaded bank split. Several probes / hyper-parameter settings share one pass
+over the data: each batch is read and cast once, then every member takes its step on it."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from .._progress import ProgressBar
+from ..bank import LoadedSplit
+from ..probes import Probe, create_probe
+from .losses import LOSSES
+from .metrics import evaluate_scores
+
+
+class TrainConfig(BaseModel):
+    """One probe training run. Saved as `config.json` next to every result.
+
+    loss "auto" = asymmetric loss for multi-label banks, cross-entropy for multi-class ones.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    probe: str = "protobin"
+    probe_args: dict = Field(default_factory=dict)
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    loss: Literal["auto", "asl", "bce", "ce"] = "auto"
+    seed: int = 0
+    data_seed: int = 0
+    grad_clip: float | None = None
+    device: str = "cpu"
+
+
+@dataclass
+class TrainResult:
+    config: TrainConfig
+    probe: Probe
+    metrics: dict[str, dict] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _loss_name(config: TrainConfig, multilabel: bool) -> str:
+    if config.loss != "auto":
+        if config.loss == "ce" and multilabel:
+            raise ValueError("loss 'ce' needs a multi-class bank; this bank is multi-label (use asl or bce)")
+        return config.loss
+    return "asl" if multilabel else "ce"
+
+
+@torch.no_grad()
+def predict(probe: Probe, split: LoadedSplit, batch_size: int = 256) -> np.ndarray:
+    """Logits of a probe on every clip of a loaded split: (N, C) float32."""
+    probe.eval()
+    device = next(probe.parameters()).device
+    out = []
+    for start in range(0, len(split), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(split)), device=split.tokens.device)
+        batch = split.batch(index)
+        out.append(probe(batch["tokens"].to(device), batch["mask"].to(device), _to(batch["global"], device)).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, probe.num_classes), np.float32)
+
+
+def evaluate(probe: Probe, split: LoadedSplit) -> dict:
+    """Metrics of a probe on a split (mAP/AUROC for multi-label, accuracy too for multi-class)."""
+    return evaluate_scores(split.labels.cpu().numpy(), predict(probe, split), split.meta.multilabel)
+
+
+def _to(value: torch.Tensor | None, device) -> torch.Tensor | None:
+    return None if value is None else value.to(device)
+
+
+def train_probes(
+    train: LoadedSplit,
+    configs: list[TrainConfig],
+    evaluate_on: dict[str, LoadedSplit] | None = None,
+    progress: bool = True,
+) -> list[TrainResult]:
+    """Train every config on `train`, sharing the passes over the data, then evaluate each.
+
+    Configs that share (epochs, batch_size, data_seed) see the same batches in the same order;
+    other configs are trained in their own pass.
+
+    Args:
+        train: the training split (tokens (N, T, F, D) in RAM or on a GPU).
+        configs: one per probe / hyper-parameter setting.
+        evaluate_on: named splits to score at the end, e.g. {"valid": ..., "test": ...}.
+
+    Returns:
+        one TrainResult per config, in order.
+    """
+    results: list[TrainResult | None] = [None] * len(configs)
+    groups: dict[tuple, list[int]] = {}
+    for i, config in enumerate(configs):
+        groups.setdefault((config.epochs, config.batch_size, config.data_seed), []).append(i)
+    for (epochs, batch_size, data_seed), members in groups.items():
+        trained = _train_group(train, [configs[i] for i in members], epochs, batch_size, data_seed, progress)
+        for i, result in zip(members, trained):
+            results[i] = result
+    for result in results:
+        for name, split in (evaluate_on or {}).items():
+            result.metrics[name] = evaluate(result.probe, split)
+    return results  # type: ignore[return-value]
+
+
+def _train_group(train: LoadedSplit, configs, epochs, batch_size, data_seed, progress) -> list[TrainResult]:
+    multilabel = train.meta.multilabel
+    num_classes = train.labels.shape[1]
+    members = []
+    for config in configs:
+        torch.manual_seed(config.seed)
+        probe = create_probe(
+            config.probe,
+            token_dim=train.meta.token_dim,
+            num_classes=num_classes,
+            global_dim=train.meta.global_dim,
+            **config.probe_args,
+        ).to(config.device)
+        optimizer = torch.optim.AdamW(probe.param_groups(config.lr, config.weight_decay))
+        for group in optimizer.param_groups:
+            group["base_lr"] = group["lr"]
+        members.append(
+            {
+                "config": config,
+                "probe": probe,
+                "optimizer": optimizer,
+                "loss": LOSSES[_loss_name(config, multilabel)],
+                "history": [],
+                "seconds": 0.0,
+            }
+        )
+    count = len(train)
+    steps_per_epoch = max(1, sum(1 for s in range(0, count, batch_size) if min(batch_size, count - s) >= 2))
+    total = steps_per_epoch * epochs
+    step = 0
+    bar = ProgressBar(progress, f"training {', '.join(c.probe for c in configs)}", total)
+    for epoch in range(epochs):
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(data_seed * 100_003 + epoch))
+        sums = [0.0] * len(members)
+        batches = 0
+        for start in range(0, count, batch_size):
+            index = order[start : start + batch_size]
+            if len(index) < 2:  # BatchNorm cannot train on one sample
+                continue
+            batch = train.batch(index.to(train.tokens.device))
+            for slot, member in enumerate(members):
+                tick = time.perf_counter()
+                sums[slot] += _step(member, batch, step, total, steps_per_epoch)
+                member["seconds"] += time.perf_counter() - tick
+            batches += 1
+            step += 1
+            bar.advance()
+        for slot, member in enumerate(members):
+            member["history"].append({"epoch": epoch + 1, "loss": sums[slot] / max(batches, 1)})
+    bar.close()
+    return [
+        TrainResult(config=m["config"], probe=m["probe"].eval(), history=m["history"], seconds=round(m["seconds"], 2))
+        for m in members
+    ]
+
+
+def _step(member: dict, batch: dict, step: int, total: int, steps_per_epoch: int) -> float:
+    config, probe, optimizer = member["config"], member["probe"], member["optimizer"]
+    device = config.device
+    probe.train()
+    factor = _lr_factor(step, total, int(round(config.warmup_epochs * steps_per_epoch)))
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
+    logits = probe(batch["tokens"].to(device), batch["mask"].to(device), _to(batch["global"], device))
+    loss = member["loss"](logits, batch["labels"].to(device))
+    auxiliary = probe.auxiliary_loss()
+    if auxiliary is not None:
+        loss = loss + auxiliary
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip:
+        torch.nn.utils.clip_grad_norm_(probe.parameters(), config.grad_clip)
+    optimizer.step()
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise FloatingPointError(f"{config.probe}: loss became {value} at step {step}; lower the learning rate (lr={config.lr})")
+    return value
