@@ -9,10 +9,24 @@ from torch import nn
 from .base import PROBES, Probe
 
 
+class _SignStraightThrough(torch.autograd.Function):
+    """Exact signs forward (sign(0) = +1), identity gradient backward.
+
+    `sign + w - w.detach()` would add float rounding to the signs; this keeps them exactly +-1.
+    """
+
+    @staticmethod
+    def forward(ctx, weights: torch.Tensor) -> torch.Tensor:
+        return torch.where(weights >= 0, torch.ones_like(weights), -torch.ones_like(weights))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
 def binarize(weights: torch.Tensor) -> torch.Tensor:
     """sign(w) in {-1, +1} (sign(0) = +1) with a straight-through gradient to w."""
-    signs = torch.where(weights >= 0, torch.ones_like(weights), -torch.ones_like(weights))
-    return signs + weights - weights.detach()
+    return _SignStraightThrough.apply(weights)
 
 
 @PROBES.register("protobin", "binarized class-agnostic prototypes, max cosine over tokens, linear head")

@@ -1,0 +1,43 @@
+"""Shared fixtures: small audio files and manifests written by the tests themselves (no network)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+GOLDEN = SHARED / "golden"
+
+
+def write_manifest(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    """A 3-class multi-label manifest with 12 train / 4 valid / 4 test clips of 1-2.5 s tones and noise."""
+    rng = np.random.default_rng(0)
+    classes = ["low", "mid", "high"]
+    freqs = {"low": 300.0, "mid": 1200.0, "high": 4000.0}
+    rows = []
+    for split, count in (("train", 12), ("valid", 4), ("test", 4)):
+        for i in range(count):
+            seconds = 1.0 + 1.5 * rng.random()
+            t = np.arange(int(seconds * 16000)) / 16000
+            chosen = [c for c in classes if rng.random() < 0.5] or [classes[i % 3]]
+            wave = 0.05 * rng.standard_normal(len(t))
+            for c in chosen:
+                wave += 0.3 * np.sin(2 * np.pi * freqs[c] * t)
+            path = tmp_path / "audio" / f"{split}{i}.wav"
+            path.parent.mkdir(exist_ok=True)
+            sf.write(path, wave.astype(np.float32), 16000)
+            rows.append({"path": f"audio/{split}{i}.wav", "labels": ";".join(chosen), "split": split})
+    return write_manifest(tmp_path / "manifest.csv", rows)

@@ -1,0 +1,57 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from patchprobe.bank import extract_bank
+from patchprobe.datasets import ManifestDataset
+from patchprobe.encoders import create_encoder
+from patchprobe.train import TrainConfig, fit, load_bank_splits, load_probe, predict, train_probes
+
+
+@pytest.fixture
+def bank(tiny_dataset, tmp_path):
+    encoder = create_encoder("toy-vit", width=32, depth=1, heads=2)
+    return extract_bank(ManifestDataset(tiny_dataset), encoder, tmp_path / "bank", progress=False)
+
+
+def test_shared_pass_equals_separate_training_and_is_deterministic(bank):
+    splits = load_bank_splits(bank)
+    configs = [TrainConfig(probe=p, epochs=3, batch_size=4, lr=3e-3) for p in ("linear", "mhca", "protobin")]
+    together = train_probes(splits["train"], configs, progress=False)
+    for config, shared in zip(configs, together):
+        alone = train_probes(splits["train"], [config], progress=False)[0]
+        for key, value in shared.probe.state_dict().items():
+            torch.testing.assert_close(value, alone.probe.state_dict()[key], rtol=0, atol=0)
+        assert shared.history == alone.history
+
+
+@pytest.mark.parametrize("probe", ["linear", "mhca", "protobin"])
+def test_probes_fit_a_tiny_multilabel_bank(bank, probe):
+    splits = load_bank_splits(bank)
+    lr = {"linear": 3e-2, "mhca": 3e-3, "protobin": 1e-2}[probe]
+    result = train_probes(splits["train"], [TrainConfig(probe=probe, epochs=60, batch_size=4, lr=lr, warmup_epochs=2)],
+                          {"train": splits["train"]}, progress=False)[0]
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert result.metrics["train"]["map"] > 0.9
+
+
+def test_fit_writes_a_reproducible_run_folder(bank, tmp_path):
+    out = tmp_path / "run"
+    config = TrainConfig(probe="protobin", probe_args={"prototypes_per_class": 2}, epochs=2, batch_size=4)
+    result = fit(bank, [config], [out], progress=False)[0]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["test"]) >= {"map", "auroc"} and "valid" in metrics
+    saved = json.loads((out / "config.json").read_text())
+    assert TrainConfig(**saved["train"]) == config
+    assert saved["bank"]["encoder"] == "toy-vit" and saved["probe"]["num_parameters"] == result.probe.num_parameters()
+    reloaded = load_probe(out)
+    test = load_bank_splits(bank)["test"]
+    np.testing.assert_allclose(predict(reloaded, test), predict(result.probe, test), atol=1e-6)
+
+
+def test_cross_entropy_refused_on_multilabel_bank(bank):
+    splits = load_bank_splits(bank)
+    with pytest.raises(ValueError, match="multi-label"):
+        train_probes(splits["train"], [TrainConfig(probe="linear", loss="ce", epochs=1)], progress=False)
