@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import PatchprobeError
@@ -31,7 +32,7 @@ def _parse_pairs(items: list[str] | None, option: str) -> dict:
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/bold red] {exc}")
+    console.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
     raise typer.Exit(code=2)
 
 
@@ -147,10 +148,7 @@ def encoders() -> None:
     """List the registered encoders."""
     from .encoders import ENCODERS
 
-    table = Table("name", "description")
-    for name in ENCODERS.names():
-        table.add_row(name, ENCODERS.description(name))
-    console.print(table)
+    _print_registry(ENCODERS)
 
 
 @app.command()
@@ -158,9 +156,13 @@ def probes() -> None:
     """List the registered probes."""
     from .probes import PROBES
 
-    table = Table("name", "description")
-    for name in PROBES.names():
-        table.add_row(name, PROBES.description(name))
+    _print_registry(PROBES)
+
+
+def _print_registry(registry) -> None:
+    table = Table("name", "description", title=f"registered {registry.kind}s")
+    for name in registry.names():
+        table.add_row(name, escape(registry.description(name)))
     console.print(table)
 
 
