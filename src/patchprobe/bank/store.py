@@ -41,7 +41,7 @@ class SplitMeta(BaseModel):
     encoder: str
     encoder_config: dict
     encoder_config_hash: str
-    layer: int | None = None
+    layer: int | str | None = None  # block index, or a named tensor (birdnet)
     sample_rate: int
     token_dim: int
     freq_dim: int | None = None  # known after the first chunk
