@@ -22,7 +22,8 @@ from .encoders import create_encoder
 from .report import grouped_bar_chart, markdown_table
 from .train import TrainConfig, fit, load_bank_splits, primary_metric
 
-DATASETS = {"multilabel": 0, "singlelabel": 1}  # kind -> generator seed (pretraining used seed 1000)
+DATASETS = {"multilabel": 0, "singlelabel": 1}
+_METRIC_LABELS = {"map": "macro mAP", "accuracy": "accuracy"}  # kind -> generator seed (pretraining used seed 1000)
 
 
 class DemoConfig(BaseModel):
@@ -183,7 +184,7 @@ def results_markdown(summary: dict) -> str:
 
 def _figure(summary: dict, path: Path) -> None:
     values = {
-        f"{kind}\n(test {block['metric']})": {p: c["test"] for p, c in block["probes"].items()}
+        f"{kind}\n(test {_METRIC_LABELS.get(block['metric'], block['metric'])})": {p: c["test"] for p, c in block["probes"].items()}
         for kind, block in summary["datasets"].items()
     }
     grouped_bar_chart(values, path, title=f"patchprobe demo: {summary['encoder']['name']} on synthetic events", ylabel="score")

@@ -26,7 +26,7 @@ def grouped_bar_chart(
     groups = list(values)
     bars = list(dict.fromkeys(b for g in groups for b in values[g]))
     width = 0.8 / max(len(bars), 1)
-    figure, axis = plt.subplots(figsize=(1.6 + 1.9 * len(groups), 3.6))
+    figure, axis = plt.subplots(figsize=(1.6 + 1.9 * len(groups), 3.8), layout="constrained")
     colors = plt.get_cmap("tab10").colors
     for i, bar in enumerate(bars):
         xs = np.arange(len(groups)) + (i - (len(bars) - 1) / 2) * width
@@ -38,9 +38,8 @@ def grouped_bar_chart(
     axis.set_ylim(0, 1.08)
     axis.set_ylabel(ylabel)
     axis.set_title(title, fontsize=10)
-    axis.legend(fontsize=8, ncols=len(bars), loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)
+    figure.legend(fontsize=8, ncols=len(bars), loc="outside lower center", frameon=False)
     axis.grid(axis="y", alpha=0.3)
-    figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=150)
