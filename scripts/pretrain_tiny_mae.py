@@ -132,13 +132,13 @@ def main() -> None:
 
     normalised = (specs.float() - mean) / (2 * std)
     batches_per_epoch = len(normalised) // recipe["batch_size"]
-    order = None
+    order_epoch, order = -1, None
     window = []
     encoder.train()
     decoder.train()
     while state["step"] < recipe["steps"]:
         step = state["step"]
-        if order is None or step % batches_per_epoch == 0 or order_epoch != step // batches_per_epoch:
+        if order_epoch != step // batches_per_epoch:  # a new epoch, or the first step after a resume
             order_epoch = step // batches_per_epoch
             order = torch.randperm(len(normalised), generator=torch.Generator().manual_seed(recipe["seed"] + order_epoch))
         slot = step % batches_per_epoch

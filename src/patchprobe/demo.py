@@ -55,7 +55,7 @@ class DemoConfig(BaseModel):
         base = {
             "quick": True,
             "sizes": {"train": 400, "valid": 100, "test": 200},
-            "epochs": 15,
+            "epochs": 30,
             "lr_grid": {"linear": [1e-2], "mhca": [3e-3], "protobin": [1e-1]},
         }
         return cls(**{**base, **overrides})
