@@ -22,8 +22,8 @@ from .encoders import create_encoder
 from .report import grouped_bar_chart, markdown_table
 from .train import TrainConfig, fit, load_bank_splits, primary_metric
 
-DATASETS = {"multilabel": 0, "singlelabel": 1}
-_METRIC_LABELS = {"map": "macro mAP", "accuracy": "accuracy"}  # kind -> generator seed (pretraining used seed 1000)
+DATASETS = {"multilabel": 0, "singlelabel": 1}  # kind -> generator seed (pretraining used seed 1000)
+_METRIC_LABELS = {"map": "macro mAP", "accuracy": "accuracy"}
 
 
 class DemoConfig(BaseModel):

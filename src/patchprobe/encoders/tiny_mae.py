@@ -61,15 +61,23 @@ class ViTEncoder(Encoder):
         return EncoderOutput(tokens=tokens, mask=mask, global_vector=cls)
 
 
+RECORD_FILE = WEIGHTS_DIR / "tiny_mae.json"
+
+
+def _recipe_record() -> dict | None:
+    """The packaged tiny-mae recipe record (recipe, hash, ViT config), or None when absent."""
+    return json.loads(RECORD_FILE.read_text()) if RECORD_FILE.exists() else None
+
+
 def shipped_weights() -> tuple[Path, dict]:
     """The packaged tiny-mae weights and their recipe record; a clear error if they are missing."""
-    weights, record = WEIGHTS_DIR / "tiny_mae.safetensors", WEIGHTS_DIR / "tiny_mae.json"
-    if not (weights.exists() and record.exists()):
+    weights, record = WEIGHTS_DIR / "tiny_mae.safetensors", _recipe_record()
+    if not weights.exists() or record is None:
         raise PatchprobeError(
             f"tiny-mae weights not found at {weights}; they ship with the package. "
             "Reinstall patchprobe, or recreate them with `python scripts/pretrain_tiny_mae.py`."
         )
-    return weights, json.loads(record.read_text())
+    return weights, record
 
 
 @ENCODERS.register("tiny-mae", "spectrogram ViT (192-d, 6 blocks) MAE-pretrained by us on synthetic audio")
@@ -97,9 +105,10 @@ def toy_vit(
 ) -> ViTEncoder:
     """Random-init ViT of the tiny-mae architecture. Pass width=192, depth=6, heads=3 for tiny-mae's size."""
     config = ViTConfig(width=width, depth=depth, heads=heads)
-    if (WEIGHTS_DIR / "tiny_mae.json").exists():
+    record = _recipe_record()
+    if record is not None:
         # Same input normalisation as tiny-mae, so the random-init control differs only in its weights.
-        vit = json.loads((WEIGHTS_DIR / "tiny_mae.json").read_text())["vit_config"]
+        vit = record["vit_config"]
         config = config.model_copy(update={"fbank_mean": vit["fbank_mean"], "fbank_std": vit["fbank_std"]})
     torch.manual_seed(seed)
     model = SpectrogramViT(config)
