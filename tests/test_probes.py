@@ -1,48 +1,104 @@
 import pytest
 import torch
 
-from patchprobe.probes import PROBES, binarize, create_probe
+from patchprobe.probes import FAMILIES, PROBES, binarize, create_probe
 
-PROBE_NAMES = ["linear", "mhca", "protobin"]
+ALL_PROBES = [name for family in FAMILIES.values() for name in family]
+D, C, G, F_TOKENS, J = 32, 4, 24, 3, 20
 
 
-def batch(seed=0, b=4, t=5, f=3, d=16, g=16):
+def batch(seed=0, b=4, t=5, f=F_TOKENS, d=D, g=G):
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(b, t, f, d, generator=gen), torch.ones(b, t, f, dtype=torch.bool), torch.randn(b, g, generator=gen)
 
 
-@pytest.mark.parametrize("name", PROBE_NAMES)
+def make(name, global_dim=G, **hparams):
+    torch.manual_seed(0)
+    return create_probe(name, token_dim=D, num_classes=C, global_dim=global_dim, freq_tokens=F_TOKENS, **hparams)
+
+
+def test_the_thirteen_probes_are_registered():
+    assert sorted(ALL_PROBES) == PROBES.names()
+    assert len(ALL_PROBES) == 13
+
+
+@pytest.mark.parametrize("name", ALL_PROBES)
 @pytest.mark.parametrize("use_global", [True, False])
 def test_padding_never_changes_output(name, use_global):
     tokens, mask, global_vector = batch()
-    torch.manual_seed(0)
-    probe = create_probe(name, token_dim=16, num_classes=4, global_dim=16 if use_global else 0).eval()
-    reference = probe(tokens, mask, global_vector if use_global else None)
-    # Pad 3 time steps of garbage (huge values) and mark them invalid.
-    padded = torch.cat([tokens, 1e3 * torch.randn(4, 3, 3, 16)], dim=1)
-    padded_mask = torch.cat([mask, torch.zeros(4, 3, 3, dtype=torch.bool)], dim=1)
-    out = probe(padded, padded_mask, global_vector if use_global else None)
+    probe = make(name, global_dim=G if use_global else 0).eval()
+    given = global_vector if use_global else None
+    reference = probe(tokens, mask, given)
+    # Pad 3 time steps of garbage (huge values) and mark them invalid; also invalidate the last
+    # time step of one clip, which must equal dropping it.
+    padded = torch.cat([tokens, 1e3 * torch.randn(4, 3, F_TOKENS, D)], dim=1)
+    padded_mask = torch.cat([mask, torch.zeros(4, 3, F_TOKENS, dtype=torch.bool)], dim=1)
+    out = probe(padded, padded_mask, given)
     torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
-    assert out.shape == (4, 4)
+    assert out.shape == (4, C)
+    shorter = probe(tokens[:1, :4], mask[:1, :4], None if given is None else given[:1])
+    cut_mask = mask.clone()
+    cut_mask[0, 4] = False
+    torch.testing.assert_close(probe(tokens, cut_mask, given)[:1], shorter, atol=1e-5, rtol=1e-5)
+
+
+def _formula(name):
+    """Parameter counts written out from each probe's docstring formula (D, C, G, F, J above)."""
+    m = C * J
+    return {
+        "linear": (G + 1) * C,
+        "mlp": (G + 1) * G + (G + 1) * C,
+        "linearc": (G + D + 1) * C,
+        "linpre": 2 * D + (D + 1) * C,
+        "freqpool": (F_TOKENS * D + 1) * C,
+        "conv": 10 * D + D * D + D + (2 * D + 1) * C,
+        "mhca": D + 4 * D + 4 * (D * D + D) + 8 * D * D + 5 * D + (D + 1) * C,
+        "ep": 32 * D + D * D + (D + 1) * C,
+        "simpool": 2 * D * D + 2 * D + (D + 1) * C,
+        "abmilp": 2 * (128 * D + 128) + 128 + (D + 1) * C,
+        "proto": C * J * D + C * J + C,
+        "protobin": m * D + (m + 1) * C,
+        "protofloat": m * D + (m + 1) * C,
+    }[name]
+
+
+@pytest.mark.parametrize("name", ALL_PROBES)
+def test_parameter_counts_follow_the_documented_formulas(name):
+    assert make(name).num_parameters() == _formula(name)
+
+
+def test_parameter_counts_without_a_global_vector():
+    assert make("linear", global_dim=0).num_parameters() == (D + 1) * C
+    assert make("linearc", global_dim=0).num_parameters() == (D + 1) * C
+    assert make("abmilp", gated=False).num_parameters() == 128 * D + 128 + 128 + (D + 1) * C
 
 
 def test_protobin_gradient_reaches_real_valued_prototypes():
     tokens, mask, _ = batch()
-    probe = create_probe("protobin", token_dim=16, num_classes=4, prototypes_per_class=3)
-    assert probe.prototypes.shape == (12, 16)
+    probe = make("protobin", prototypes_per_class=3)
+    assert probe.prototypes.shape == (12, D)
     probe(tokens, mask).sum().backward()
     assert probe.prototypes.grad is not None and probe.prototypes.grad.abs().sum() > 0
 
 
 def test_protobin_forward_uses_only_signs():
     tokens, mask, _ = batch()
-    probe = create_probe("protobin", token_dim=16, num_classes=4).eval()
+    probe = make("protobin").eval()
     before = probe(tokens, mask)
     with torch.no_grad():
         probe.prototypes.mul_(torch.rand_like(probe.prototypes) * 5 + 0.1)  # same signs, new magnitudes
     torch.testing.assert_close(probe(tokens, mask), before)
     with torch.no_grad():
         probe.prototypes[0].neg_()
+    assert not torch.allclose(probe(tokens, mask), before)
+
+
+def test_protofloat_uses_magnitudes():
+    tokens, mask, _ = batch()
+    probe = make("protofloat").eval()
+    before = probe(tokens, mask)
+    with torch.no_grad():
+        probe.prototypes.mul_(torch.rand_like(probe.prototypes) * 5 + 0.1)
     assert not torch.allclose(probe(tokens, mask), before)
 
 
@@ -54,13 +110,50 @@ def test_binarize_sign_of_zero_is_plus_one_and_straight_through():
     assert w.grad.tolist() == [1.0, 2.0, 3.0]
 
 
-def test_parameter_counts_follow_formulas():
-    d, c, j = 16, 4, 20
-    assert create_probe("linear", token_dim=d, num_classes=c, global_dim=d).num_parameters() == (d + 1) * c
-    assert create_probe("protobin", token_dim=d, num_classes=c).num_parameters() == c * j * d + (c * j + 1) * c
+def test_proto_is_class_owned_with_orthogonality_loss_and_its_own_lr():
+    probe = make("proto", prototypes_per_class=3, prototype_lr=0.04)
+    tokens, mask, _ = batch()
+    descriptor = probe.descriptor(tokens, mask)
+    shares = probe.contributions(descriptor)  # (B, C, M): prototype m feeds only its own class
+    owner = torch.arange(C * 3) // 3
+    assert torch.all(shares[:, torch.arange(C)[:, None] != owner[None, :]] == 0)
+    torch.testing.assert_close(shares.sum(-1) + probe.bias, probe(tokens, mask))
+    loss = probe.auxiliary_loss()
+    assert loss is not None and loss.item() > 0
+    loss.backward()
+    assert probe.prototypes.grad.abs().sum() > 0
+    groups = probe.param_groups(lr=1e-3, weight_decay=1e-4)
+    assert groups[0]["params"][0] is probe.prototypes and groups[0]["lr"] == 0.04
+    assert all(g["lr"] == 1e-3 for g in groups[1:])
+    # Orthonormal prototypes within each class cost nothing.
+    with torch.no_grad():
+        probe.prototypes.zero_()
+        for c in range(C):
+            probe.prototypes[c * 3 : c * 3 + 3, :3] = torch.eye(3)
+    assert probe.auxiliary_loss().item() < 1e-6
+
+
+@pytest.mark.parametrize("name", ["mhca", "ep", "simpool", "abmilp"])
+def test_attention_maps_are_distributions_over_valid_tokens(name):
+    tokens, mask, _ = batch()
+    mask[1, 3:] = False
+    weights = make(name).attention_map(tokens, mask)
+    assert weights.shape == mask.shape
+    torch.testing.assert_close(weights.sum(dim=(1, 2)), torch.ones(4))
+    assert torch.all(weights[~mask] == 0)
+
+
+def test_bad_arguments_are_explained():
+    with pytest.raises(ValueError, match="queries=5 must divide"):
+        make("ep", queries=5)
+    with pytest.raises(ValueError, match="freq_tokens"):
+        create_probe("freqpool", token_dim=D, num_classes=C)
+    with pytest.raises(ValueError, match="unexpected keyword argument 'prototypes'"):
+        make("protobin", prototypes=3)
+    with pytest.raises(ValueError, match="global vector"):
+        make("linear")(*batch()[:2])
 
 
 def test_registry_error_lists_known_probes():
     with pytest.raises(KeyError, match="available: .*protobin"):
         create_probe("nope", token_dim=4, num_classes=2)
-    assert set(PROBE_NAMES) <= set(PROBES.names())

@@ -1,11 +1,29 @@
-"""Probes: pooling heads + linear classifiers over token maps (B, T, F, D) -> logits (B, C)."""
+"""Probes: pooling heads + linear classifiers over token maps (B, T, F, D) -> logits (B, C).
 
-from . import linear as _linear  # noqa: F401  (each module registers its probe)
-from . import mhca as _mhca  # noqa: F401
-from . import protobin as _protobin  # noqa: F401
+Families: fixed pooling (`linear`, `mlp`, `linearc`, `linpre`, `freqpool`, `conv`), attentive
+(`mhca`, `ep`, `simpool`, `abmilp`) and prototype (`proto`, `protobin`, `protofloat`) heads.
+Add a probe by subclassing `Probe` in one module and decorating it with `@PROBES.register(name)`.
+"""
+
+from . import attentive as _attentive  # noqa: F401  (each module registers its probes)
+from . import conv as _conv  # noqa: F401
+from . import linear as _linear  # noqa: F401
+from . import prototypes as _prototypes  # noqa: F401
+from .attentive import ABMILProbe, AttentiveProbe, EfficientProbe, MHCAProbe, SimPoolProbe
 from .base import PROBES, Probe, create_probe, masked_mean
-from .linear import LinearProbe
-from .mhca import MHCAProbe
-from .protobin import ProtoBinProbe, binarize
+from .conv import ConvProbe
+from .linear import FrequencyPoolProbe, LinearConcatProbe, LinearPreNormProbe, LinearProbe, MLPProbe
+from .prototypes import PrototypeProbe, ProtoBinProbe, ProtoFloatProbe, ProtoProbe, binarize
 
-__all__ = ["PROBES", "LinearProbe", "MHCAProbe", "Probe", "ProtoBinProbe", "binarize", "create_probe", "masked_mean"]
+FAMILIES = {
+    "fixed": ["linear", "mlp", "linearc", "linpre", "freqpool", "conv"],
+    "attentive": ["mhca", "ep", "simpool", "abmilp"],
+    "prototype": ["proto", "protobin", "protofloat"],
+}
+
+__all__ = [
+    "ABMILProbe", "AttentiveProbe", "ConvProbe", "EfficientProbe", "FAMILIES", "FrequencyPoolProbe",
+    "LinearConcatProbe", "LinearPreNormProbe", "LinearProbe", "MHCAProbe", "MLPProbe", "PROBES", "Probe",
+    "ProtoBinProbe", "ProtoFloatProbe", "ProtoProbe", "PrototypeProbe", "SimPoolProbe", "binarize",
+    "create_probe", "masked_mean",
+]

@@ -19,10 +19,19 @@ class Probe(nn.Module):
 
     name: str = "probe"
     uses_tokens: bool = True  # False for heads that read only the global vector
+    uses_global: bool = False  # True for heads that read the global vector
 
-    def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0) -> None:
+    def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0) -> None:
         super().__init__()
+        if token_dim < 1 or num_classes < 1:
+            raise ValueError(f"{self.name}: token_dim and num_classes must be positive (got {token_dim}, {num_classes})")
         self.token_dim, self.num_classes, self.global_dim = token_dim, num_classes, global_dim
+        # F of the token grid; only heads whose size depends on it (freqpool) need it.
+        self.freq_tokens = freq_tokens
+
+    def architecture(self) -> dict:
+        """What `create_probe` needs to rebuild this probe (the probe's own hyper-parameters excluded)."""
+        return {"token_dim": self.token_dim, "num_classes": self.num_classes, "global_dim": self.global_dim, "freq_tokens": self.freq_tokens}
 
     def num_parameters(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
@@ -41,6 +50,12 @@ class Probe(nn.Module):
         return None
 
 
+def require_global(probe: Probe, global_vector: torch.Tensor | None) -> torch.Tensor:
+    if global_vector is None:
+        raise ValueError(f"{probe.name} probe was built for a global vector of size {probe.global_dim} but none was given")
+    return global_vector
+
+
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of valid tokens. tokens: (B, T, F, D); mask: (B, T, F) -> (B, D)."""
     weights = mask.to(tokens.dtype).unsqueeze(-1)
@@ -56,6 +71,15 @@ def flatten_tokens(tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tens
 PROBES: Registry[Probe] = Registry("probe")
 
 
-def create_probe(name: str, token_dim: int, num_classes: int, global_dim: int = 0, **hparams) -> Probe:
-    """Build a registered probe, e.g. `create_probe("protobin", token_dim=768, num_classes=10, prototypes_per_class=20)`."""
-    return PROBES.create(name, token_dim=token_dim, num_classes=num_classes, global_dim=global_dim, **hparams)
+def create_probe(name: str, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0, **hparams) -> Probe:
+    """Build a registered probe, e.g. `create_probe("protobin", token_dim=768, num_classes=10, prototypes_per_class=20)`.
+
+    token_dim: D of the tokens; global_dim: G of the global vector (0 = none); freq_tokens: F of the
+    (T, F) token grid (only `freqpool` needs it); hparams: the probe's own arguments.
+    """
+    try:
+        return PROBES.create(name, token_dim=token_dim, num_classes=num_classes, global_dim=global_dim, freq_tokens=freq_tokens, **hparams)
+    except TypeError as exc:
+        if "unexpected keyword argument" in str(exc):
+            raise ValueError(f"probe {name!r}: {exc}; see the probe's docstring (`patchprobe probes`) for its arguments") from None
+        raise

@@ -1,37 +1,141 @@
-"""`linear`: a linear classifier on the encoder's global vector (or the mean of valid tokens)."""
+"""Fixed-pooling heads: one vector per clip from a fixed rule, then a linear layer (or a small MLP).
+
+`linear`, `mlp`, `linearc`, `linpre` and `freqpool`. Every head standardises its pooled vector with
+BatchNorm1d(affine=False) before the classifier (the MAE linear-probing protocol) except `linpre`,
+whose per-token LayerNorm already does it: with raw encoder features a 30-epoch AdamW run does not
+converge (see docs/probes.md).
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .base import PROBES, Probe, masked_mean
+from .base import PROBES, Probe, masked_mean, require_global
+
+
+class _PooledHead(Probe):
+    """Shared machinery: `pool(tokens, mask, global_vector) -> (B, H)`, then y = W BN(h) + b."""
+
+    def __init__(self, token_dim: int, num_classes: int, global_dim: int, freq_tokens: int, features: int) -> None:
+        super().__init__(token_dim, num_classes, global_dim, freq_tokens)
+        self.norm = nn.BatchNorm1d(features, affine=False)
+        self.head = nn.Linear(features, num_classes)
+
+    def pool(self, tokens: torch.Tensor, mask: torch.Tensor, global_vector: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor, global_vector: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.norm(self.pool(tokens, mask, global_vector)))
 
 
 @PROBES.register("linear", "linear layer on the [cls]/global vector (mean of tokens if none)")
-class LinearProbe(Probe):
+class LinearProbe(_PooledHead):
     """y = W BN(h) + b, h = the encoder's global vector, or the mean of valid tokens when it has none.
 
-    BN is BatchNorm1d without affine parameters (the MAE linear-probing protocol): it standardises
-    the features with running training statistics, which lets a 30-epoch AdamW run converge.
-    Parameters: (D_h + 1) C.
+    BN is BatchNorm1d without affine parameters: it standardises the features with running training
+    statistics. `use_global=False` forces the mean of tokens. Parameters: (H + 1) C, H = G or D.
     """
 
     name = "linear"
 
-    def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0, use_global: bool = True) -> None:
-        super().__init__(token_dim, num_classes, global_dim)
-        self.use_global = bool(use_global and global_dim)
+    def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0, use_global: bool = True) -> None:
+        on_global = bool(use_global and global_dim)
+        super().__init__(token_dim, num_classes, global_dim, freq_tokens, global_dim if on_global else token_dim)
+        self.use_global = self.uses_global = on_global
         self.uses_tokens = not self.use_global
-        features = global_dim if self.use_global else token_dim
-        self.norm = nn.BatchNorm1d(features, affine=False)
-        self.head = nn.Linear(features, num_classes)
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor, global_vector: torch.Tensor | None = None) -> torch.Tensor:
-        if self.use_global:
-            if global_vector is None:
-                raise ValueError("linear probe was built for a global vector but none was given")
-            features = global_vector
-        else:
-            features = masked_mean(tokens, mask)
-        return self.head(self.norm(features))
+    def pool(self, tokens, mask, global_vector):
+        return require_global(self, global_vector) if self.use_global else masked_mean(tokens, mask)
+
+
+@PROBES.register("mlp", "two-layer MLP on the [cls]/global vector (mean of tokens if none)")
+class MLPProbe(Probe):
+    """y = W2 GELU(W1 BN(h) + b1) + b2, h as in `linear` (global vector, else mean of valid tokens).
+
+    No canonical hidden size exists; we use `hidden = H` (the input width) by default, with dropout
+    `dropout` (default 0) after the activation. Parameters: (H + 1) hidden + (hidden + 1) C.
+    """
+
+    name = "mlp"
+
+    def __init__(
+        self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0,
+        hidden: int | None = None, dropout: float = 0.0, use_global: bool = True,
+    ) -> None:
+        super().__init__(token_dim, num_classes, global_dim, freq_tokens)
+        self.use_global = bool(use_global and global_dim)
+        self.uses_global, self.uses_tokens = self.use_global, not self.use_global
+        features = global_dim if self.use_global else token_dim
+        self.hidden = hidden or features
+        self.norm = nn.BatchNorm1d(features, affine=False)
+        self.mlp = nn.Sequential(nn.Linear(features, self.hidden), nn.GELU(), nn.Dropout(dropout))
+        self.head = nn.Linear(self.hidden, num_classes)
+
+    def forward(self, tokens, mask, global_vector=None):
+        h = require_global(self, global_vector) if self.use_global else masked_mean(tokens, mask)
+        return self.head(self.mlp(self.norm(h)))
+
+
+@PROBES.register("linearc", "linear layer on [global vector ‖ mean of tokens]")
+class LinearConcatProbe(_PooledHead):
+    """y = W BN([g ‖ mean_n z_n]) + b (our reading of the paper's undefined `linearc`).
+
+    g is the encoder's global vector ([cls] for ViTs); without one the input is the mean of tokens
+    alone and the head equals `linear` on the mean. Parameters: (G + D + 1) C.
+    """
+
+    name = "linearc"
+
+    def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0) -> None:
+        super().__init__(token_dim, num_classes, global_dim, freq_tokens, global_dim + token_dim)
+        self.uses_global = global_dim > 0
+
+    def pool(self, tokens, mask, global_vector):
+        mean = masked_mean(tokens, mask)
+        return torch.cat([require_global(self, global_vector), mean], dim=-1) if self.uses_global else mean
+
+
+@PROBES.register("linpre", "LayerNorm on each token, mean over valid tokens, linear")
+class LinearPreNormProbe(Probe):
+    """y = W mean_n LN(z_n) + b (our reading of the paper's undefined `linpre`).
+
+    LN is a LayerNorm with affine parameters applied to every token before pooling, so tokens with
+    large norms (a common direction shared by all tokens) no longer dominate the mean.
+    Parameters: 2 D + (D + 1) C.
+    """
+
+    name = "linpre"
+
+    def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0) -> None:
+        super().__init__(token_dim, num_classes, global_dim, freq_tokens)
+        self.token_norm = nn.LayerNorm(token_dim)
+        self.head = nn.Linear(token_dim, num_classes)
+
+    def forward(self, tokens, mask, global_vector=None):
+        return self.head(masked_mean(self.token_norm(tokens), mask))
+
+
+@PROBES.register("freqpool", "frequency-preserving pooling: mean over time per frequency band, concatenated, linear")
+class FrequencyPoolProbe(_PooledHead):
+    """h = [mean_t z_{t,1} ‖ ... ‖ mean_t z_{t,F}] (F D values), y = W BN(h) + b.
+
+    The M2D / MSM-MAE evaluation pooling: averaging only over time keeps where in frequency a
+    sound lies, which a plain mean or [cls] discards. Needs F of the token grid (`freq_tokens`,
+    taken from the bank). Parameters: (F D + 1) C.
+    """
+
+    name = "freqpool"
+
+    def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0) -> None:
+        if freq_tokens < 1:
+            raise ValueError("freqpool needs freq_tokens (F of the bank's token grid); create it through `fit`/`train_probes`, or pass freq_tokens=F")
+        super().__init__(token_dim, num_classes, global_dim, freq_tokens, freq_tokens * token_dim)
+
+    def pool(self, tokens, mask, global_vector):
+        batch, _, freq, dim = tokens.shape
+        if freq != self.freq_tokens:
+            raise ValueError(f"freqpool was built for {self.freq_tokens} frequency tokens but got a grid with {freq}")
+        weights = mask.to(tokens.dtype).unsqueeze(-1)  # (B, T, F, 1)
+        per_band = (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (B, F, D)
+        return per_band.reshape(batch, freq * dim)

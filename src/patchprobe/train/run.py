@@ -65,9 +65,7 @@ def save_run(result: TrainResult, out: str | Path, bank_identity: dict) -> None:
     probe = result.probe
     architecture = {
         "name": result.config.probe,
-        "token_dim": probe.token_dim,
-        "num_classes": probe.num_classes,
-        "global_dim": probe.global_dim,
+        **probe.architecture(),
         "probe_args": result.config.probe_args,
         "num_parameters": probe.num_parameters(),
     }
@@ -91,7 +89,9 @@ def load_probe(run_dir: str | Path, device: str = "cpu") -> Probe:
     if not (run_dir / "config.json").exists():
         raise BankError(f"{run_dir}: not a run folder (no config.json)")
     arch = read_json(run_dir / "config.json")["probe"]
-    probe = create_probe(arch["name"], arch["token_dim"], arch["num_classes"], arch["global_dim"], **arch["probe_args"])
+    probe = create_probe(
+        arch["name"], arch["token_dim"], arch["num_classes"], arch["global_dim"], arch.get("freq_tokens", 0), **arch["probe_args"]
+    )
     probe.load_state_dict(load_file(str(run_dir / "probe.safetensors")))
     return probe.to(device).eval()
 

@@ -131,6 +131,7 @@ def _train_group(train: LoadedSplit, configs, epochs, batch_size, data_seed, pro
             token_dim=train.meta.token_dim,
             num_classes=num_classes,
             global_dim=train.meta.global_dim,
+            freq_tokens=train.meta.freq_dim or train.tokens.shape[2],
             **config.probe_args,
         ).to(config.device)
         optimizer = torch.optim.AdamW(probe.param_groups(config.lr, config.weight_decay))

@@ -1,0 +1,180 @@
+"""Attentive heads: learned weights over tokens decide what is pooled (`mhca`, `ep`, `simpool`, `abmilp`).
+
+Each exposes `attention_map(tokens, mask) -> (B, T, F)`, the weight of every token in the pooled
+vector (averaged over heads / queries), which `patchprobe analyze` draws over the spectrogram.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import PROBES, Probe, flatten_tokens, masked_mean
+
+
+def _masked_softmax(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis with invalid positions at exactly zero weight. valid broadcasts to scores."""
+    return scores.masked_fill(~valid, float("-inf")).softmax(dim=-1)
+
+
+class AttentiveProbe(Probe):
+    """Base of heads that pool tokens with attention weights."""
+
+    def attention(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled vector (B, H) and attention weights (B, Q, T*F) over flattened tokens (Q heads or queries)."""
+        raise NotImplementedError
+
+    def attention_map(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean attention weight per token over heads / queries: (B, T, F); zero at padding."""
+        _, weights = self.attention(tokens, mask)
+        return weights.mean(dim=1).reshape(mask.shape)
+
+
+@PROBES.register("mhca", "multi-head cross-attention with a learned query (attentive probe)")
+class MHCAProbe(AttentiveProbe):
+    """Attentive pooling, depth 1 (V-JEPA's attentive probe):
+
+        k, v = W_k LN1(z), W_v LN1(z);  q1 = q0 + W_o MHA(W_q q0, k, v);  q2 = q1 + MLP(LN2(q1));
+        logits = W q2 + b
+
+    q0 is one learned query (trunc-normal, std 0.02); MLP has hidden width 4D. `heads` defaults to
+    D // 64 (at least 1). Parameters: D + 4 D (LN) + 4 (D^2 + D) (q, k, v, o) + 8 D^2 + 5 D (MLP) + (D + 1) C.
+    """
+
+    name = "mhca"
+
+    def __init__(
+        self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0,
+        heads: int | None = None, mlp_ratio: float = 4.0,
+    ) -> None:
+        super().__init__(token_dim, num_classes, global_dim, freq_tokens)
+        dim = token_dim
+        self.heads = heads or max(1, dim // 64)
+        if dim % self.heads:
+            raise ValueError(f"mhca: token dim {dim} is not divisible by heads={self.heads}")
+        self.query = nn.Parameter(torch.empty(1, 1, dim))
+        nn.init.trunc_normal_(self.query, std=0.02)
+        self.norm1 = nn.LayerNorm(dim)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.head = nn.Linear(dim, num_classes)
+
+    def attention(self, tokens, mask):
+        z, valid = flatten_tokens(tokens, mask)
+        batch, length, dim = z.shape
+        head_dim = dim // self.heads
+        k, v = self.kv(self.norm1(z)).reshape(batch, length, 2, self.heads, head_dim).permute(2, 0, 3, 1, 4)
+        q = self.q(self.query).reshape(1, 1, self.heads, head_dim).transpose(1, 2).expand(batch, -1, -1, -1)
+        weights = _masked_softmax((q @ k.transpose(-2, -1)) / head_dim**0.5, valid[:, None, None, :])  # (B, H, 1, N)
+        pooled = (weights @ v).transpose(1, 2).reshape(batch, dim)
+        q1 = self.query[:, 0] + self.proj(pooled)
+        return q1 + self.mlp(self.norm2(q1)), weights[:, :, 0]
+
+    def forward(self, tokens, mask, global_vector=None):
+        return self.head(self.attention(tokens, mask)[0])
+
+
+@PROBES.register("ep", "efficient probing: M learned queries, one head, no Q/K projections, grouped values")
+class EfficientProbe(AttentiveProbe):
+    """Efficient probing (Psomas et al.):
+
+        A = softmax_n(Q z^T / sqrt(D))          Q: M x D learned queries (init N(0, 0.02^2))
+        V = z W_v                               (no bias); channels split into M groups of D / M
+        h = [A_1 V^(1) ‖ ... ‖ A_M V^(M)]       query m pools channel group m -> D values
+        y = W BN(h) + b                         BN without affine
+
+    `queries` (M, default 32) must divide D. Parameters: M D + D^2 + (D + 1) C.
+    """
+
+    name = "ep"
+
+    def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0, queries: int = 32) -> None:
+        super().__init__(token_dim, num_classes, global_dim, freq_tokens)
+        if token_dim % queries:
+            divisors = [m for m in (1, 2, 4, 8, 16, 32, 64) if token_dim % m == 0]
+            raise ValueError(f"ep: queries={queries} must divide the token dim {token_dim}; try one of {divisors}")
+        self.num_queries = queries
+        self.queries = nn.Parameter(torch.randn(queries, token_dim) * 0.02)
+        self.value = nn.Linear(token_dim, token_dim, bias=False)
+        self.norm = nn.BatchNorm1d(token_dim, affine=False)
+        self.head = nn.Linear(token_dim, num_classes)
+
+    def attention(self, tokens, mask):
+        z, valid = flatten_tokens(tokens, mask)
+        batch, length, dim = z.shape
+        weights = _masked_softmax((self.queries @ z.transpose(1, 2)) / dim**0.5, valid[:, None, :])  # (B, M, N)
+        values = self.value(z).reshape(batch, length, self.num_queries, dim // self.num_queries).transpose(1, 2)  # (B, M, N, D/M)
+        pooled = (weights.unsqueeze(-2) @ values).reshape(batch, dim)
+        return pooled, weights
+
+    def forward(self, tokens, mask, global_vector=None):
+        return self.head(self.norm(self.attention(tokens, mask)[0]))
+
+
+@PROBES.register("simpool", "SimPool: the mean token queries LayerNormed tokens, one attention map")
+class SimPoolProbe(AttentiveProbe):
+    """SimPool (Psomas et al., 2023) without the optional power (gamma = None):
+
+        q = W_q mean_n z_n;  k_n = W_k LN(z_n);  a = softmax_n(q . k_n / sqrt(D));  h = sum_n a_n LN(z_n)
+        y = W h + b
+
+    W_q and W_k have no bias. Parameters: 2 D^2 + 2 D + (D + 1) C.
+    """
+
+    name = "simpool"
+
+    def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0) -> None:
+        super().__init__(token_dim, num_classes, global_dim, freq_tokens)
+        self.token_norm = nn.LayerNorm(token_dim)
+        self.q = nn.Linear(token_dim, token_dim, bias=False)
+        self.k = nn.Linear(token_dim, token_dim, bias=False)
+        self.head = nn.Linear(token_dim, num_classes)
+
+    def attention(self, tokens, mask):
+        query = self.q(masked_mean(tokens, mask))  # (B, D)
+        z, valid = flatten_tokens(self.token_norm(tokens), mask)
+        scores = (self.k(z) @ query.unsqueeze(-1)).squeeze(-1) / self.token_dim**0.5  # (B, N)
+        weights = _masked_softmax(scores, valid)
+        return (weights.unsqueeze(1) @ z).squeeze(1), weights.unsqueeze(1)
+
+    def forward(self, tokens, mask, global_vector=None):
+        return self.head(self.attention(tokens, mask)[0])
+
+
+@PROBES.register("abmilp", "attention-based multiple-instance pooling (gated, Ilse et al. 2018)")
+class ABMILProbe(AttentiveProbe):
+    """Attention-based MIL pooling (Ilse et al., 2018):
+
+        e_n = w^T [tanh(V z_n) * sigmoid(U z_n)]   (gated; `gated=False`: w^T tanh(V z_n))
+        a = softmax_n(e);  h = sum_n a_n z_n;  y = W h + b
+
+    V, U: L x D with bias (L = `hidden`, 128 as in the original), w: L without bias.
+    Parameters: (gated ? 2 : 1) (L D + L) + L + (D + 1) C.
+    """
+
+    name = "abmilp"
+
+    def __init__(
+        self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0,
+        hidden: int = 128, gated: bool = True,
+    ) -> None:
+        super().__init__(token_dim, num_classes, global_dim, freq_tokens)
+        self.attention_v = nn.Linear(token_dim, hidden)
+        self.attention_u = nn.Linear(token_dim, hidden) if gated else None
+        self.attention_w = nn.Linear(hidden, 1, bias=False)
+        self.head = nn.Linear(token_dim, num_classes)
+
+    def attention(self, tokens, mask):
+        z, valid = flatten_tokens(tokens, mask)
+        hidden = torch.tanh(self.attention_v(z))
+        if self.attention_u is not None:
+            hidden = hidden * torch.sigmoid(self.attention_u(z))
+        weights = _masked_softmax(self.attention_w(hidden).squeeze(-1), valid)  # (B, N)
+        return (weights.unsqueeze(1) @ z).squeeze(1), weights.unsqueeze(1)
+
+    def forward(self, tokens, mask, global_vector=None):
+        return self.head(self.attention(tokens, mask)[0])

@@ -1,0 +1,190 @@
+"""Prototype heads: similarity of every token to learned prototypes, max over tokens, then a classifier.
+
+`protobin` (the paper's probe: binarized, class-agnostic), `protofloat` (the same without
+binarization, to isolate what binarization does) and `proto` (float, class-owned prototypes with an
+orthogonality loss, as in AudioProtoPNet / Bird-MAE prototypical probing).
+
+Each exposes `similarities(tokens, mask) -> (B, T, F, M)`, `prototype_vectors() -> (M, D)` (what the
+forward pass compares tokens with) and `contributions(descriptor) -> (B, C, M)` (how much prototype m
+adds to the logit of class c), which `patchprobe analyze` uses.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import PROBES, Probe
+
+
+class _SignStraightThrough(torch.autograd.Function):
+    """Exact signs forward (sign(0) = +1), identity gradient backward.
+
+    `sign + w - w.detach()` would add float rounding to the signs; this keeps them exactly +-1.
+    """
+
+    @staticmethod
+    def forward(ctx, weights: torch.Tensor) -> torch.Tensor:
+        return torch.where(weights >= 0, torch.ones_like(weights), -torch.ones_like(weights))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+def binarize(weights: torch.Tensor) -> torch.Tensor:
+    """sign(w) in {-1, +1} (sign(0) = +1) with a straight-through gradient to w."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or not weights.requires_grad:
+        # Export and inference paths: a plain graph op (exporters cannot trace autograd Functions).
+        return torch.where(weights >= 0, 1.0, -1.0).to(weights.dtype)
+    return _SignStraightThrough.apply(weights)
+
+
+class PrototypeProbe(Probe):
+    """Base of heads that compare every token with M prototypes and keep the best match per prototype."""
+
+    num_prototypes: int
+    prototypes_per_class: int
+
+    def prototype_vectors(self) -> torch.Tensor:
+        """The vectors tokens are compared with in the forward pass: (M, D)."""
+        raise NotImplementedError
+
+    def similarities(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Similarity of every token to every prototype: (B, T, F, M); padding = -inf."""
+        raise NotImplementedError
+
+    def descriptor(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """s_m = max over valid tokens of the similarity to prototype m: (B, M)."""
+        return self.similarities(tokens, mask).amax(dim=(1, 2))
+
+    def contributions(self, descriptor: torch.Tensor) -> torch.Tensor:
+        """Additive share of prototype m in the logit of class c: (B, C, M)."""
+        raise NotImplementedError
+
+
+@PROBES.register("protobin", "binarized class-agnostic prototypes, max cosine over tokens, linear head")
+class ProtoBinProbe(PrototypeProbe):
+    """Binarized prototypical probe (Rauch et al., 2026).
+
+    M = C J real-valued prototypes P (init N(0, 0.02^2)), not tied to classes. Forward:
+        B = sign(P)                      (straight-through: dL/dP = dL/dB)
+        s_m = max_{valid (t,f)} cos(z_{t,f}, B_m)
+        logits = W dropout(s) + b        (W: C x M)
+    No orthogonality loss. Parameters: M D (stored as 1 bit each at inference) + (M + 1) C.
+    """
+
+    name = "protobin"
+    binary = True
+
+    def __init__(
+        self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0,
+        prototypes_per_class: int = 20, dropout: float = 0.0,
+    ) -> None:
+        super().__init__(token_dim, num_classes, global_dim, freq_tokens)
+        if prototypes_per_class < 1:
+            raise ValueError(f"{self.name}: prototypes_per_class must be at least 1 (got {prototypes_per_class})")
+        self.prototypes_per_class = prototypes_per_class
+        self.num_prototypes = num_classes * prototypes_per_class
+        self.prototypes = nn.Parameter(torch.randn(self.num_prototypes, token_dim) * 0.02)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(self.num_prototypes, num_classes)
+
+    def prototype_vectors(self) -> torch.Tensor:
+        return binarize(self.prototypes) if self.binary else self.prototypes
+
+    def similarities(self, tokens, mask):
+        prototypes = F.normalize(self.prototype_vectors(), dim=-1)
+        sims = F.normalize(tokens, dim=-1) @ prototypes.T
+        return sims.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+
+    def contributions(self, descriptor):
+        return self.head.weight.unsqueeze(0) * descriptor.unsqueeze(1)
+
+    def forward(self, tokens, mask, global_vector=None):
+        return self.head(self.dropout(self.descriptor(tokens, mask)))
+
+
+@PROBES.register("protofloat", "protobin without binarization: float class-agnostic prototypes")
+class ProtoFloatProbe(ProtoBinProbe):
+    """`protobin` with real-valued prototypes (B = P): isolates what binarization does.
+
+        s_m = max_{valid (t,f)} cos(z_{t,f}, P_m);  logits = W dropout(s) + b
+    Parameters: M D + (M + 1) C (32 bits per prototype entry).
+    """
+
+    name = "protofloat"
+    binary = False
+
+
+@PROBES.register("proto", "class-owned float prototypes, ReLU cosine, non-negative own-class head, orthogonality loss")
+class ProtoProbe(PrototypeProbe):
+    """Prototypical probing as in AudioProtoPNet / Bird-MAE: J float prototypes owned by each class.
+
+        z~ = [z, eps, eps] / ||[z, eps, eps]||,  p~ likewise       (eps = 1e-4 keeps norms non-zero)
+        s_{c,j} = max_{valid (t,f)} ReLU(cos(z~_{t,f}, p~_{c,j}) / 1.01)
+        logit_c = b_c + sum_j ReLU(w_{c,j}) s_{c,j}               (init w = 1, b = -2)
+        aux loss = `orthogonality_weight` sum_c ||P~_c P~_c^T - I_J||_F / (C J^2)
+
+    Prototypes start uniform in [0, 1). They train with `prototype_lr` (default: the run's lr, the
+    paper's benchmark protocol; AudioProtoPNet used 0.04 with 3e-4 for the rest).
+    Parameters: C J D + C J + C.
+    """
+
+    name = "proto"
+    eps = 1e-4
+
+    def __init__(
+        self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0,
+        prototypes_per_class: int = 20, prototype_lr: float | None = None, orthogonality_weight: float = 1.0,
+    ) -> None:
+        super().__init__(token_dim, num_classes, global_dim, freq_tokens)
+        if prototypes_per_class < 1:
+            raise ValueError(f"proto: prototypes_per_class must be at least 1 (got {prototypes_per_class})")
+        self.prototypes_per_class = prototypes_per_class
+        self.num_prototypes = num_classes * prototypes_per_class
+        self.prototype_lr = prototype_lr
+        self.orthogonality_weight = orthogonality_weight
+        self.prototypes = nn.Parameter(torch.rand(self.num_prototypes, token_dim))  # row c J + j belongs to class c
+        self.class_weights = nn.Parameter(torch.ones(num_classes, prototypes_per_class))
+        self.bias = nn.Parameter(torch.full((num_classes,), -2.0))
+
+    def _with_eps(self, vectors: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(vectors, (0, 2), value=self.eps)
+        return F.normalize(padded, dim=-1)
+
+    def prototype_vectors(self) -> torch.Tensor:
+        return self.prototypes
+
+    def similarities(self, tokens, mask):
+        sims = torch.relu((self._with_eps(tokens) @ self._with_eps(self.prototypes).T) / 1.01)
+        return sims.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+
+    def contributions(self, descriptor):
+        batch = descriptor.shape[0]
+        own = torch.relu(self.class_weights) * descriptor.reshape(batch, self.num_classes, self.prototypes_per_class)
+        out = descriptor.new_zeros(batch, self.num_classes, self.num_classes, self.prototypes_per_class)
+        index = torch.arange(self.num_classes, device=descriptor.device)
+        out[:, index, index] = own  # prototypes only feed their own class
+        return out.reshape(batch, self.num_classes, self.num_prototypes)
+
+    def forward(self, tokens, mask, global_vector=None):
+        s = self.descriptor(tokens, mask).reshape(-1, self.num_classes, self.prototypes_per_class)
+        return self.bias + (torch.relu(self.class_weights) * s).sum(dim=-1)
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        return [
+            {"params": [self.prototypes], "lr": self.prototype_lr or lr, "weight_decay": weight_decay},
+            {"params": [self.class_weights], "lr": lr, "weight_decay": weight_decay},
+            {"params": [self.bias], "lr": lr, "weight_decay": 0.0},
+        ]
+
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        if not self.orthogonality_weight:
+            return None
+        per_class = self._with_eps(self.prototypes).reshape(self.num_classes, self.prototypes_per_class, -1)
+        gram = per_class @ per_class.transpose(1, 2)
+        identity = torch.eye(self.prototypes_per_class, device=gram.device, dtype=gram.dtype)
+        distance = torch.linalg.matrix_norm(gram - identity).sum()
+        return self.orthogonality_weight * distance / (self.num_classes * self.prototypes_per_class**2)
