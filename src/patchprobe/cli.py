@@ -31,6 +31,10 @@ def _parse_pairs(items: list[str] | None, option: str) -> dict:
     return parsed
 
 
+def _split_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def _fail(exc: Exception) -> None:
     console.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
     raise typer.Exit(code=2)
@@ -42,21 +46,33 @@ def demo(
     out: Path = typer.Option(Path("patchprobe-demo"), help="results folder (reused and resumed on rerun)"),
     quick: bool = typer.Option(False, "--quick", help="small, fast version (the CI run): under 4 minutes on 2 cores"),
     encoder_arg: Optional[list[str]] = typer.Option(None, help="encoder argument KEY=VALUE, repeatable (e.g. width=192)"),
+    probes: str = typer.Option("linear,mhca,protobin", help="comma-separated probe names, or 'all' for the whole zoo"),
+    seeds: int = typer.Option(1, min=1, help="train every probe with seeds 0..N-1 and report mean ± sd"),
+    kinds: str = typer.Option("multilabel,singlelabel", help="which synthetic datasets: multilabel, singlelabel or both"),
+    prototypes_per_class: int = typer.Option(20, help="J for the prototype probes"),
     device: str = typer.Option("cpu", help="torch device for encoder and probes"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
-    """Synthetic localized events -> encoder -> bank -> linear / mhca / protobin -> table and figure."""
+    """Synthetic localized events -> encoder -> bank -> probes (linear / mhca / protobin by default) -> table and figure."""
+    from pydantic import ValidationError
+
     from .demo import DemoConfig, results_markdown, run_demo
 
-    settings = {"encoder": encoder, "encoder_args": _parse_pairs(encoder_arg, "--encoder-arg"), "out": out, "device": device}
-    config = DemoConfig.quick_mode(**settings) if quick else DemoConfig(**settings)
+    settings = {
+        "encoder": encoder, "encoder_args": _parse_pairs(encoder_arg, "--encoder-arg"), "out": out, "device": device,
+        "probes": _split_list(probes), "seeds": list(range(seeds)), "kinds": _split_list(kinds),
+        "prototypes_per_class": prototypes_per_class,
+    }
     try:
+        config = DemoConfig.quick_mode(**settings) if quick else DemoConfig(**settings)
         summary = run_demo(config, progress=not quiet, console=console)
+    except ValidationError as exc:
+        _fail(ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())))
     except PatchprobeError as exc:
         _fail(exc)
     console.print()
     console.print(results_markdown(summary))
-    for kind, gaps in summary["gaps"].items():
+    for kind, gaps in summary["gaps"].items() if len(config.probes) <= 4 else ():
         console.print(f"{kind}: " + ", ".join(f"{k} = {v:+.3f}" for k, v in gaps.items()))
     console.print(f"\nwrote {out / 'summary.json'}, {out / 'results.md'}, {out / 'demo_results.png'}  ({summary['timings']['total_s']:.0f} s)")
 

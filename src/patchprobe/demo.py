@@ -12,53 +12,104 @@ import time
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, Field
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from . import __version__
 from ._io import read_json, write_json
 from .bank import Bank, extract_bank
 from .datasets import SyntheticConfig, load_synthetic_dataset
 from .encoders import create_encoder
-from .report import grouped_bar_chart, markdown_table
+from .probes import FAMILIES, PROBES
+from .report import grouped_bar_chart, markdown_table, ranked_bar_chart
 from .train import TrainConfig, fit, load_bank_splits, primary_metric
 
 DATASETS = {"multilabel": 0, "singlelabel": 1}  # kind -> generator seed (pretraining used seed 1000)
 _METRIC_LABELS = {"map": "macro mAP", "accuracy": "accuracy"}
 
 
+# Learning rates tried per probe; the best on validation (seed 0) is reported on test. Cheap heads get
+# wider grids. Prototype heads need ~30x larger steps than attentive ones: encoder tokens share a
+# dominant direction, so max-cosine descriptors vary little across clips and the head needs large
+# weights (measured on tiny-mae: protobin lr 1e-3 -> 0.60 mAP, 1e-2 -> 0.70, 1e-1 -> 0.79, 3e-1 -> 0.76).
+_FIXED_GRID = [3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
+_ATTENTIVE_GRID = [1e-3, 3e-3, 1e-2]
+_PROTOTYPE_GRID = [1e-2, 3e-2, 1e-1]
+DEFAULT_LR_GRID: dict[str, list[float]] = {
+    **{name: _FIXED_GRID for name in ("linear", "mlp", "linearc", "freqpool")},
+    "linpre": [1e-2, 3e-2, 1e-1, 3e-1],
+    "conv": [1e-3, 3e-3, 1e-2],
+    **{name: _ATTENTIVE_GRID for name in ("mhca", "ep")},
+    **{name: [3e-3, 1e-2, 3e-2] for name in ("simpool", "abmilp")},
+    **{name: _PROTOTYPE_GRID for name in FAMILIES["prototype"]},
+}
+PROTOTYPE_PROBES = set(FAMILIES["prototype"])
+
+
 class DemoConfig(BaseModel):
-    """Settings of `patchprobe demo`; saved as `demo_config.json` in the results folder."""
+    """Settings of `patchprobe demo`; saved as `demo_config.json` in the results folder.
+
+    `probes=["all"]` means every registered probe. With several `seeds`, the learning rate is chosen
+    on validation with the first seed, then every seed trains at that rate and the table reports
+    mean and standard deviation over seeds.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     encoder: str = "tiny-mae"
     encoder_args: dict = Field(default_factory=dict)
     out: Path = Path("patchprobe-demo")
     quick: bool = False
+    kinds: list[str] = Field(default_factory=lambda: list(DATASETS))
     sizes: dict[str, int] = Field(default_factory=lambda: {"train": 1000, "valid": 200, "test": 400})
     clip_seconds: float = 6.0
     probes: list[str] = Field(default_factory=lambda: ["linear", "mhca", "protobin"])
-    # Learning rates tried per probe (two decades each); the best on validation is reported on test.
-    # protobin needs ~30x larger steps than attentive probes: encoder tokens share a dominant
-    # direction, so max-cosine descriptors vary little across clips and the head needs large weights
-    # (measured on tiny-mae: lr 1e-3 -> 0.60 mAP, 1e-2 -> 0.70, 1e-1 -> 0.79, 3e-1 -> 0.76).
-    lr_grid: dict[str, list[float]] = Field(
-        default_factory=lambda: {"linear": [1e-3, 1e-2, 1e-1], "mhca": [1e-3, 3e-3, 1e-2], "protobin": [1e-2, 3e-2, 1e-1]}
-    )
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    lr_grid: dict[str, list[float]] = Field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_LR_GRID.items()})
     epochs: int = 30
     weight_decay: float = 1e-4
     prototypes_per_class: int = 20
-    seed: int = 0
     device: str = "cpu"
+
+    @field_validator("probes")
+    @classmethod
+    def _known_probes(cls, probes: list[str]) -> list[str]:
+        if probes == ["all"]:
+            return [name for family in FAMILIES.values() for name in family]
+        for name in probes:
+            PROBES.get(name)  # raises with the list of known probes
+        return probes
+
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, kinds: list[str]) -> list[str]:
+        unknown = [k for k in kinds if k not in DATASETS]
+        if unknown or not kinds:
+            raise ValueError(f"unknown demo dataset kind(s) {unknown}; choose from {list(DATASETS)}")
+        return kinds
+
+    @field_validator("seeds")
+    @classmethod
+    def _some_seeds(cls, seeds: list[int]) -> list[int]:
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be a non-empty list of distinct integers (got {seeds})")
+        return seeds
 
     @classmethod
     def quick_mode(cls, **overrides) -> "DemoConfig":
-        """The CI-sized demo: fewer, same-length clips and fewer epochs (under 4 minutes on 2 cores)."""
+        """The CI-sized demo: fewer, same-length clips and one learning rate per probe (under 4 minutes on 2 cores)."""
         base = {
             "quick": True,
             "sizes": {"train": 400, "valid": 100, "test": 200},
             "epochs": 30,
-            "lr_grid": {"linear": [1e-2], "mhca": [3e-3], "protobin": [1e-1]},
+            # one rate per probe: the middle of its grid, or the full demo's pick where known
+            "lr_grid": {**{name: [grid[len(grid) // 2]] for name, grid in DEFAULT_LR_GRID.items()},
+                        "linear": [1e-1], "mhca": [1e-2], "protobin": [1e-1]},
         }
         return cls(**{**base, **overrides})
+
+    def grid(self, probe: str) -> list[float]:
+        return self.lr_grid.get(probe) or DEFAULT_LR_GRID.get(probe) or [1e-3, 1e-2, 1e-1]
 
 
 def _say(message: str, console) -> None:
@@ -87,7 +138,8 @@ def run_demo(config: DemoConfig, progress: bool = True, console=None) -> dict:
         "datasets": {},
         "timings": {},
     }
-    for kind, seed in DATASETS.items():
+    for kind in config.kinds:
+        seed = DATASETS[kind]
         tick = time.time()
         synthetic = SyntheticConfig(kind=kind, seed=seed, sizes=config.sizes, clip_seconds=config.clip_seconds)
         dataset = load_synthetic_dataset(out / "data" / kind, synthetic, progress=progress)
@@ -108,39 +160,56 @@ def run_demo(config: DemoConfig, progress: bool = True, console=None) -> dict:
 
 
 def _train_and_select(config: DemoConfig, kind: str, bank_dir: Path, out: Path, progress: bool) -> dict:
+    """Learning-rate search with the first seed, then the remaining seeds at each probe's chosen rate."""
     splits = load_bank_splits(bank_dir, device=config.device)
     multilabel = splits["train"].meta.multilabel
     metric = primary_metric(multilabel)
-    configs, dirs = [], []
-    for probe in config.probes:
-        args = {"prototypes_per_class": config.prototypes_per_class} if probe == "protobin" else {}
-        for lr in config.lr_grid.get(probe, [1e-3]):
-            configs.append(
-                TrainConfig(
-                    probe=probe, probe_args=args, epochs=config.epochs, lr=lr, weight_decay=config.weight_decay,
-                    seed=config.seed, data_seed=config.seed, device=config.device,
-                )
-            )
-            dirs.append(out / "runs" / bank_dir.parent.name / kind / probe / f"lr={lr:g}")
-    todo = [i for i, (c, d) in enumerate(zip(configs, dirs)) if not _finished(d, c)]
-    if todo:
-        fit(bank_dir, [configs[i] for i in todo], [dirs[i] for i in todo], splits=splits, progress=progress)
+    runs_root = out / "runs" / bank_dir.parent.name / kind
+    first, *others = config.seeds
+
+    def plan(probe: str, lr: float, seed: int) -> tuple[TrainConfig, Path]:
+        args = {"prototypes_per_class": config.prototypes_per_class} if probe in PROTOTYPE_PROBES else {}
+        train = TrainConfig(probe=probe, probe_args=args, epochs=config.epochs, lr=lr, weight_decay=config.weight_decay,
+                            seed=seed, data_seed=seed, device=config.device)
+        return train, runs_root / probe / f"lr={lr:g}" / f"seed={seed}"
+
+    search = {probe: [plan(probe, lr, first) for lr in config.grid(probe)] for probe in config.probes}
+    _fit_missing(bank_dir, [run for runs in search.values() for run in runs], splits, progress)
+    chosen = {}
+    for probe, runs in search.items():
+        scored = [(read_json(d / "metrics.json")["valid"][metric], c.lr) for c, d in runs]
+        chosen[probe] = max(scored)[1]
+    repeats = {probe: [plan(probe, chosen[probe], seed) for seed in others] for probe in config.probes}
+    _fit_missing(bank_dir, [run for runs in repeats.values() for run in runs], splits, progress)
+
     table = {}
     for probe in config.probes:
-        candidates = [(read_json(d / "metrics.json"), d) for c, d in zip(configs, dirs) if c.probe == probe]
-        metrics, best_dir = max(candidates, key=lambda item: item[0]["valid"][metric])
+        best = [run for run in search[probe] if run[0].lr == chosen[probe]] + repeats[probe]
+        per_seed = [read_json(d / "metrics.json") for _, d in best]
+        tests = [m["test"][metric] for m in per_seed]
+        grid = config.grid(probe)
         table[probe] = {
             "metric": metric,
-            "test": metrics["test"][metric],
-            "valid": metrics["valid"][metric],
-            "test_auroc": metrics["test"]["auroc"],
-            "lr": read_json(best_dir / "config.json")["train"]["lr"],
-            "num_parameters": metrics["num_parameters"],
-            "train_seconds": metrics["train_seconds"],
-            "run": str(best_dir.relative_to(out)),
-            "lr_candidates": {str(read_json(d / "config.json")["train"]["lr"]): m["valid"][metric] for m, d in candidates},
+            "test": float(np.mean(tests)),
+            "test_sd": float(np.std(tests, ddof=1)) if len(tests) > 1 else 0.0,
+            "test_per_seed": dict(zip(map(str, config.seeds), tests)),
+            "valid": float(np.mean([m["valid"][metric] for m in per_seed])),
+            "test_auroc": float(np.mean([m["test"]["auroc"] for m in per_seed])),
+            "lr": chosen[probe],
+            # a pick at the end of its grid may be under-tuned: say so in the table
+            "lr_at_grid_edge": len(grid) > 1 and chosen[probe] in (min(grid), max(grid)),
+            "num_parameters": per_seed[0]["num_parameters"],
+            "train_seconds": float(np.mean([m["train_seconds"] for m in per_seed])),
+            "run": str(best[0][1].relative_to(out)),
+            "lr_candidates": {f"{c.lr:g}": read_json(d / "metrics.json")["valid"][metric] for c, d in search[probe]},
         }
-    return {"multilabel": multilabel, "metric": metric, "probes": table}
+    return {"multilabel": multilabel, "metric": metric, "seeds": config.seeds, "probes": table}
+
+
+def _fit_missing(bank_dir: Path, runs: list[tuple[TrainConfig, Path]], splits, progress: bool) -> None:
+    todo = [(c, d) for c, d in runs if not _finished(d, c)]
+    if todo:
+        fit(bank_dir, [c for c, _ in todo], [d for _, d in todo], splits=splits, progress=progress)
 
 
 def _finished(run_dir: Path, config: TrainConfig) -> bool:
@@ -164,27 +233,39 @@ def _gaps(summary: dict, probes: list[str]) -> dict:
 
 
 def results_markdown(summary: dict) -> str:
-    """The demo's comparison table in Markdown."""
+    """The demo's comparison table in Markdown (mean ± sd over seeds when there are several)."""
     import pandas as pd
 
     kinds = list(summary["datasets"])
     probes = list(summary["datasets"][kinds[0]]["probes"])
+    family_of = {name: family for family, names in FAMILIES.items() for name in names}
     rows = []
     for probe in probes:
-        row = {"probe": probe}
+        row = {"probe": probe, "family": family_of.get(probe, "-")}
         for kind in kinds:
             cell = summary["datasets"][kind]["probes"][probe]
-            row[f"{kind} test {cell['metric']}"] = cell["test"]
-            row[f"{kind} lr"] = f"{cell['lr']:g}"
-        row["params (multilabel)"] = summary["datasets"][kinds[0]]["probes"][probe]["num_parameters"]
+            seeds = len(cell.get("test_per_seed", {})) or 1
+            row[f"{kind} test {cell['metric']}"] = f"{cell['test']:.3f} ± {cell['test_sd']:.3f}" if seeds > 1 else cell["test"]
+            row[f"{kind} lr"] = f"{cell['lr']:g}" + (" (edge)" if cell.get("lr_at_grid_edge") else "")
+        row[f"params ({kinds[0]})"] = summary["datasets"][kinds[0]]["probes"][probe]["num_parameters"]
         rows.append(row)
+    seeds = summary["config"].get("seeds", [0])
     header = f"encoder: {summary['encoder']['name']} (global vector: {summary['encoder']['global_source']})"
+    if len(seeds) > 1:
+        header += f"; mean ± sd over seeds {seeds}; lr chosen on validation with seed {seeds[0]}"
     return header + "\n\n" + markdown_table(pd.DataFrame(rows))
 
 
 def _figure(summary: dict, path: Path) -> None:
-    values = {
-        f"{kind}\n(test {_METRIC_LABELS.get(block['metric'], block['metric'])})": {p: c["test"] for p, c in block["probes"].items()}
-        for kind, block in summary["datasets"].items()
-    }
-    grouped_bar_chart(values, path, title=f"patchprobe demo: {summary['encoder']['name']} on synthetic events", ylabel="score")
+    blocks = summary["datasets"]
+    probes = list(next(iter(blocks.values()))["probes"])
+    title = f"patchprobe demo: {summary['encoder']['name']} on synthetic events"
+    label = {kind: f"{kind} (test {_METRIC_LABELS.get(b['metric'], b['metric'])})" for kind, b in blocks.items()}
+    if len(probes) <= 4:
+        values = {label[k].replace(" (", "\n("): {p: c["test"] for p, c in b["probes"].items()} for k, b in blocks.items()}
+        errors = {label[k].replace(" (", "\n("): {p: c.get("test_sd", 0.0) for p, c in b["probes"].items()} for k, b in blocks.items()}
+        grouped_bar_chart(values, path, title=title, ylabel="score", errors=errors)
+        return
+    family_of = {name: family for family, names in FAMILIES.items() for name in names}
+    panels = {label[k]: {p: (c["test"], c.get("test_sd", 0.0)) for p, c in b["probes"].items()} for k, b in blocks.items()}
+    ranked_bar_chart(panels, path, title=title, groups=family_of)

@@ -45,3 +45,45 @@ def grouped_bar_chart(
     figure.savefig(path, dpi=150)
     plt.close(figure)
     return path
+
+
+def ranked_bar_chart(
+    panels: dict[str, dict[str, tuple[float, float]]],
+    path: str | Path,
+    title: str,
+    groups: dict[str, str] | None = None,
+    xlabel: str = "score (mean ± sd over seeds)",
+) -> Path:
+    """One panel per outer key; horizontal bars sorted best first, error bars, colour by group.
+
+    Args:
+        panels: {panel: {bar: (mean, sd)}}, e.g. {"multilabel (test mAP)": {"protobin": (0.79, 0.01), ...}}.
+        groups: bar -> group name (e.g. probe family), one colour per group, shown in the legend.
+    """
+    groups = groups or {}
+    names = list(dict.fromkeys(groups.get(b, "other") for p in panels.values() for b in p))
+    colors = {name: plt.get_cmap("tab10").colors[i % 10] for i, name in enumerate(names)}
+    rows = max(len(p) for p in panels.values())
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.9 + 0.28 * rows), layout="constrained", squeeze=False)
+    for axis, (panel, bars) in zip(axes[0], panels.items()):
+        ranked = sorted(bars.items(), key=lambda item: item[1][0])
+        ys = np.arange(len(ranked))
+        means = [v[0] for _, v in ranked]
+        axis.barh(ys, means, xerr=[v[1] for _, v in ranked], capsize=2, height=0.75,
+                  color=[colors[groups.get(b, "other")] for b, _ in ranked])
+        for y, mean in zip(ys, means):
+            axis.text(mean + 0.01, y, f"{mean:.3f}", va="center", fontsize=7)
+        axis.set_yticks(ys, [b for b, _ in ranked], fontsize=8)
+        low = min(means)
+        axis.set_xlim(max(0.0, low - 0.1), min(1.08, max(means) + 0.08))
+        axis.set_title(panel, fontsize=9)
+        axis.set_xlabel(xlabel, fontsize=8)
+        axis.grid(axis="x", alpha=0.3)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[n]) for n in names]
+    figure.legend(handles, names, fontsize=8, ncols=len(names), loc="outside lower center", frameon=False)
+    figure.suptitle(title, fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=150)
+    plt.close(figure)
+    return path
