@@ -41,3 +41,14 @@ def tiny_dataset(tmp_path):
             sf.write(path, wave.astype(np.float32), 16000)
             rows.append({"path": f"audio/{split}{i}.wav", "labels": ";".join(chosen), "split": split})
     return write_manifest(tmp_path / "manifest.csv", rows)
+
+
+@pytest.fixture
+def tiny_bank(tiny_dataset, tmp_path):
+    """A toy-vit (width 32) bank of `tiny_dataset`: grid T x 8 x 32, [cls] global vector."""
+    from patchprobe.bank import extract_bank
+    from patchprobe.datasets import ManifestDataset
+    from patchprobe.encoders import create_encoder
+
+    encoder = create_encoder("toy-vit", width=32, depth=1, heads=2)
+    return extract_bank(ManifestDataset(tiny_dataset), encoder, tmp_path / "bank", progress=False)

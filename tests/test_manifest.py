@@ -8,7 +8,7 @@ from .conftest import write_manifest
 
 
 def rows(*items):
-    return [{"path": p, "labels": l, "split": s} for p, l, s in items]
+    return [{"path": path, "labels": labels, "split": split} for path, labels, split in items]
 
 
 def test_parses_classes_splits_and_task_type(tmp_path):

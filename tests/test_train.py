@@ -4,17 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from patchprobe.bank import extract_bank
-from patchprobe.datasets import ManifestDataset
-from patchprobe.encoders import create_encoder
 from patchprobe.probes import PROBES
 from patchprobe.train import TrainConfig, fit, load_bank_splits, load_probe, predict, train_probes
 
 
 @pytest.fixture
-def bank(tiny_dataset, tmp_path):
-    encoder = create_encoder("toy-vit", width=32, depth=1, heads=2)
-    return extract_bank(ManifestDataset(tiny_dataset), encoder, tmp_path / "bank", progress=False)
+def bank(tiny_bank):
+    return tiny_bank
 
 
 def test_shared_pass_equals_separate_training_and_is_deterministic(bank):

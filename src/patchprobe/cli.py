@@ -149,6 +149,33 @@ def train(
 
 
 @app.command()
+def analyze(
+    run: Path = typer.Argument(..., help="run folder of a prototype or attentive probe"),
+    out: Optional[Path] = typer.Option(None, help="output folder (default: RUN/analysis)"),
+    split: str = typer.Option("test", help="bank split to analyse"),
+    clips: int = typer.Option(3, min=0, help="clips that get heatmaps"),
+    compare: Optional[list[Path]] = typer.Option(None, help="another prototype run whose similarity histogram is overlaid (repeatable)"),
+    manifest: Optional[Path] = typer.Option(None, help="CSV manifest of the bank's audio (default: the one bank.json records)"),
+) -> None:
+    """Prototype similarity histogram, dead prototypes and heatmaps (or attention maps) over the spectrogram."""
+    from .report import analyze_run
+
+    try:
+        report = analyze_run(run, out=out, split=split, clips=clips, compare=compare, manifest=manifest)
+    except PatchprobeError as exc:
+        _fail(exc)
+    folder = out or run / "analysis"
+    for name, stats in report.get("cosine_similarity", {}).items():
+        console.print(f"{name}: pairwise cosine mean {stats['mean']:+.3f}, sd {stats['sd']:.3f}, mean |cos| {stats['mean_abs']:.3f}")
+    if "dead_prototypes" in report:
+        total = report["num_prototypes"]
+        console.print(f"dead prototypes (never the best match of any token): {report['dead_prototypes']['count']} of {total}")
+        console.print(f"never-winning prototypes (never the top contribution to a true class): {report['never_winning_prototypes']['count']} of {total}")
+    console.print(f"spectrograms: {report['spectrograms']}")
+    console.print(f"wrote {folder}/analysis.json and {len(report['figures'])} figures: {', '.join(report['figures'])}")
+
+
+@app.command()
 def info(bank: Path = typer.Argument(..., help="bank folder")) -> None:
     """Print a bank's shape, size on disk and metadata."""
     from .bank import Bank
@@ -168,11 +195,49 @@ def encoders() -> None:
 
 
 @app.command()
-def probes() -> None:
-    """List the registered probes."""
-    from .probes import PROBES
+def probes(
+    dim: int = typer.Option(768, help="token dimension D to count parameters for"),
+    classes: int = typer.Option(527, help="number of classes C"),
+    global_dim: Optional[int] = typer.Option(None, help="global vector size G (default: D; 0 = none)"),
+    freq_tokens: int = typer.Option(8, help="frequency tokens F of the grid (freqpool's input is F x D)"),
+    prototypes_per_class: int = typer.Option(20, help="J for the prototype probes"),
+) -> None:
+    """List every registered probe with its family and trainable parameter count for D, C (and G, F, J)."""
+    from .probes import FAMILIES, PROBES, create_probe
 
-    _print_registry(PROBES)
+    family_of = {name: family for family, names in FAMILIES.items() for name in names}
+    glob = dim if global_dim is None else global_dim
+    table = Table("name", "family", "parameters", "description",
+                  title=f"registered probes (D={dim}, C={classes}, G={glob}, F={freq_tokens}, J={prototypes_per_class})")
+    for name in PROBES.names():
+        args = {"prototypes_per_class": prototypes_per_class} if family_of.get(name) == "prototype" else {}
+        try:
+            count = f"{create_probe(name, dim, classes, glob, freq_tokens, **args).num_parameters():,}"
+        except ValueError as exc:  # e.g. ep's query count must divide D
+            count = f"- ({exc})"
+        table.add_row(name, family_of.get(name, "-"), count, escape(PROBES.description(name)))
+    console.print(table)
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="run folder written by `patchprobe train`"),
+    format: str = typer.Option("packed", "--format", help="packed (protobin: 1 bit per prototype entry) or onnx (any probe)"),
+    out: Optional[Path] = typer.Option(None, help="output file (default: inside the run folder)"),
+) -> None:
+    """Export a trained probe for deployment; ONNX exports are checked against PyTorch with onnxruntime."""
+    from .export import export_run
+
+    try:
+        result = export_run(run, format, out)
+    except (PatchprobeError, ValueError) as exc:
+        _fail(exc)
+    console.print(f"wrote {result['path']} ({_bytes(result['bytes'])})")
+    if "prototype_bytes" in result:
+        ratio = result["float32_prototype_bytes"] / result["prototype_bytes"]
+        console.print(f"prototypes: {_bytes(result['prototype_bytes'])} packed vs {_bytes(result['float32_prototype_bytes'])} as float32 ({ratio:.0f}x smaller)")
+    if "max_abs_diff" in result:
+        console.print(f"onnxruntime vs PyTorch on random inputs: max |logit difference| = {result['max_abs_diff']:.2e}")
 
 
 def _print_registry(registry) -> None:

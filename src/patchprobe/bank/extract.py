@@ -72,7 +72,7 @@ def extract_bank(
                     "a bank holds one encoder config and one dataset. Use a new --bank folder."
                 )
     else:
-        write_json(root / "bank.json", header)
+        write_json(root / "bank.json", {**header, "source": dataset.source()})
     batch_size = batch_size or encoder.default_batch_size
     for split in splits or dataset.splits:
         _extract_split(dataset, encoder, root / split, split, batch_size, chunk_clips, dtype, skip_bad, progress)

@@ -83,6 +83,13 @@ class AudioDataset(ABC):
         }
         return stable_hash(content, length=16)
 
+    def source(self) -> dict:
+        """How to reopen this dataset's audio later (e.g. {"manifest": "/abs/path.csv"}); {} when unknown.
+
+        Saved in bank.json so tools such as `patchprobe analyze` can draw a clip's spectrogram.
+        """
+        return {}
+
     def describe(self) -> dict:
         return {
             "name": self.name,

@@ -89,6 +89,9 @@ class ManifestDataset(AudioDataset):
             vector[self._index[label]] = 1.0
         return vector
 
+    def source(self) -> dict:
+        return {"manifest": str(self.manifest.resolve())}
+
     def path_of(self, clip_id: str) -> Path:
         path = Path(self._rows[clip_id]["path"])
         return path if path.is_absolute() else self.root / path
