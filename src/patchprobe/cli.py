@@ -176,6 +176,27 @@ def analyze(
 
 
 @app.command()
+def plot(
+    runs: Path = typer.Argument(..., help="folder holding run folders (searched recursively)"),
+    x: str = typer.Option(..., help="setting on the x axis: a probe argument (prototypes_per_class), lr or weight_decay"),
+    metric: str = typer.Option("map", help="metric to plot (map, auroc, accuracy)"),
+    split: str = typer.Option("test", help="valid or test"),
+    out: Optional[Path] = typer.Option(None, help="PNG path (default: RUNS/<metric>_vs_<x>.png)"),
+    linear_x: bool = typer.Option(False, "--linear-x", help="linear instead of log x axis"),
+) -> None:
+    """Plot a metric against one setting over many runs (e.g. mAP vs J), mean ± sd over seeds, one line per probe."""
+    from .report import collect_runs, markdown_table, sweep_plot
+
+    path = out or runs / f"{metric}_vs_{x}.png"
+    try:
+        table = sweep_plot(collect_runs(runs), x, path, metric=metric, split=split, log_x=not linear_x)
+    except (PatchprobeError, ValueError) as exc:
+        _fail(exc)
+    console.print(markdown_table(table, floatfmt=".4f"))
+    console.print(f"wrote {path}")
+
+
+@app.command()
 def info(bank: Path = typer.Argument(..., help="bank folder")) -> None:
     """Print a bank's shape, size on disk and metadata."""
     from .bank import Bank

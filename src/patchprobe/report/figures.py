@@ -87,3 +87,49 @@ def ranked_bar_chart(
     figure.savefig(path, dpi=150)
     plt.close(figure)
     return path
+
+
+def sweep_plot(
+    frame,
+    x: str,
+    path: str | Path,
+    metric: str = "map",
+    split: str = "test",
+    title: str = "",
+    log_x: bool = True,
+) -> "pd.DataFrame":
+    """Metric against one setting (e.g. prototypes_per_class), one line per probe, mean ± sd over seeds.
+
+    Args:
+        frame: `collect_runs` output; runs without column `x` are left out.
+    Returns:
+        the plotted table: probe, x, mean, sd, seeds.
+    """
+    import pandas as pd
+
+    if x not in frame.columns:
+        raise ValueError(f"no run sets {x!r}; columns are {sorted(frame.columns)}")
+    chosen = frame[(frame["metric"] == metric) & (frame["split"] == split) & frame[x].notna()]
+    if chosen.empty:
+        raise ValueError(f"no {split} {metric!r} values for runs with {x!r}")
+    table = (
+        chosen.groupby(["probe", x])["value"].agg(mean="mean", sd="std", seeds="count").reset_index().fillna({"sd": 0.0})
+    )
+    figure, axis = plt.subplots(figsize=(5.0, 3.4), layout="constrained")
+    for probe, rows in table.groupby("probe"):
+        rows = rows.sort_values(x)
+        axis.errorbar(rows[x], rows["mean"], yerr=rows["sd"], marker="o", capsize=3, label=f"{probe} ({int(rows['seeds'].max())} seeds)")
+    if log_x:
+        axis.set_xscale("log")
+        ticks = sorted(table[x].unique())
+        axis.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    axis.set_xlabel(x)
+    axis.set_ylabel(f"{split} {metric}")
+    axis.set_title(title or f"{split} {metric} vs {x}", fontsize=10)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, frameon=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=150)
+    plt.close(figure)
+    return pd.DataFrame(table)

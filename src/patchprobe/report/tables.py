@@ -10,12 +10,18 @@ from .._io import read_json
 
 
 def collect_runs(root: str | Path) -> pd.DataFrame:
-    """One row per (run folder, evaluated split, metric) under `root` (folders holding metrics.json)."""
+    """One row per (run folder, evaluated split, metric) under `root` (folders holding metrics.json).
+
+    Columns: run, encoder, dataset, probe, lr, weight_decay, seed, split, metric, value,
+    num_parameters, train_seconds, and one column per probe argument (e.g. prototypes_per_class;
+    missing where a run does not set it).
+    """
     rows = []
     for metrics_path in sorted(Path(root).rglob("metrics.json")):
         run = metrics_path.parent
         metrics = read_json(metrics_path)
         config = read_json(run / "config.json")
+        probe_args = {key: value for key, value in config["train"].get("probe_args", {}).items() if not isinstance(value, (dict, list))}
         for split in ("valid", "test"):
             for metric, value in (metrics.get(split) or {}).items():
                 rows.append(
@@ -25,12 +31,14 @@ def collect_runs(root: str | Path) -> pd.DataFrame:
                         "dataset": config["bank"]["dataset"],
                         "probe": config["train"]["probe"],
                         "lr": config["train"]["lr"],
+                        "weight_decay": config["train"]["weight_decay"],
                         "seed": config["train"]["seed"],
                         "split": split,
                         "metric": metric,
                         "value": value,
                         "num_parameters": metrics.get("num_parameters"),
                         "train_seconds": metrics.get("train_seconds"),
+                        **probe_args,
                     }
                 )
     return pd.DataFrame(rows)
