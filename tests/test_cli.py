@@ -42,3 +42,47 @@ def test_demo_writes_summary_table_and_figure(tmp_path):
     assert set(candidates) == {"0.01", "0.001"} and candidates[str(linear["lr"])] == max(candidates.values())
     again = run_demo(config, progress=False)  # everything reused
     assert again["datasets"]["multilabel"]["probes"] == summary["datasets"]["multilabel"]["probes"]
+
+
+def test_demo_zoo_mode_reports_mean_and_sd_over_seeds(tmp_path):
+    from patchprobe.probes import PROBES
+
+    config = DemoConfig(encoder="toy-vit", out=tmp_path / "zoo", sizes={"train": 24, "valid": 8, "test": 12}, clip_seconds=2.0,
+                        epochs=2, probes=["all"], seeds=[0, 1], kinds=["multilabel"], prototypes_per_class=2,
+                        lr_grid={name: [1e-2] for name in PROBES.names()} | {"linear": [1e-2, 1e-1]})
+    summary = run_demo(config, progress=False)
+    table = summary["datasets"]["multilabel"]["probes"]
+    assert sorted(table) == PROBES.names()
+    for cell in table.values():
+        tests = list(cell["test_per_seed"].values())
+        assert len(tests) == 2 and abs(cell["test"] - sum(tests) / 2) < 1e-12
+    assert table["linear"]["lr_at_grid_edge"] and not table["mhca"]["lr_at_grid_edge"]
+    assert "±" in (tmp_path / "zoo" / "results.md").read_text()
+    assert (tmp_path / "zoo" / "demo_results.png").stat().st_size > 10_000
+
+
+def test_probes_table_counts_parameters_for_given_sizes():
+    result = runner.invoke(app, ["probes", "--dim", "768", "--classes", "527"])
+    assert result.exit_code == 0, result.output
+    # mhca: 12 D^2 + 14 D + (D + 1) C; linear: (D + 1) C; protobin (J=20): M D + (M + 1) C with M = 20 C.
+    d, c, m = 768, 527, 20 * 527
+    for count in (12 * d * d + 14 * d + (d + 1) * c, (d + 1) * c, m * d + (m + 1) * c):
+        assert f"{count:,}" in result.output
+
+
+def test_export_analyze_and_plot_commands(tiny_bank, tmp_path):
+    runs = tmp_path / "runs"
+    for j in (1, 2):
+        result = runner.invoke(app, ["train", "--bank", str(tiny_bank), "--probe", "protobin", "--out", str(runs / f"J={j}"),
+                                     "--epochs", "2", "--prototypes-per-class", str(j), "--quiet"])
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["export", str(runs / "J=2"), "--format", "packed"])
+    assert result.exit_code == 0 and "32x smaller" in result.output, result.output
+    result = runner.invoke(app, ["export", str(runs / "J=2"), "--format", "onnx"])
+    assert result.exit_code == 0 and "max |logit difference|" in result.output, result.output
+    result = runner.invoke(app, ["analyze", str(runs / "J=2"), "--clips", "1"])
+    assert result.exit_code == 0 and "dead prototypes" in result.output, result.output
+    result = runner.invoke(app, ["plot", str(runs), "--x", "prototypes_per_class"])
+    assert result.exit_code == 0 and (runs / "map_vs_prototypes_per_class.png").exists(), result.output
+    result = runner.invoke(app, ["plot", str(runs), "--x", "nonsense"])
+    assert result.exit_code == 2 and "no run sets 'nonsense'" in result.output

@@ -230,7 +230,8 @@ def probes(
     glob = dim if global_dim is None else global_dim
     table = Table("name", "family", "parameters", "description",
                   title=f"registered probes (D={dim}, C={classes}, G={glob}, F={freq_tokens}, J={prototypes_per_class})")
-    for name in PROBES.names():
+    ordered = [n for names in FAMILIES.values() for n in names if n in PROBES] + [n for n in PROBES.names() if n not in family_of]
+    for name in ordered:
         args = {"prototypes_per_class": prototypes_per_class} if family_of.get(name) == "prototype" else {}
         try:
             count = f"{create_probe(name, dim, classes, glob, freq_tokens, **args).num_parameters():,}"

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 
 def grouped_bar_chart(
@@ -97,7 +98,7 @@ def sweep_plot(
     split: str = "test",
     title: str = "",
     log_x: bool = True,
-) -> "pd.DataFrame":
+) -> pd.DataFrame:
     """Metric against one setting (e.g. prototypes_per_class), one line per probe, mean ± sd over seeds.
 
     Args:
@@ -105,8 +106,6 @@ def sweep_plot(
     Returns:
         the plotted table: probe, x, mean, sd, seeds.
     """
-    import pandas as pd
-
     if x not in frame.columns:
         raise ValueError(f"no run sets {x!r}; columns are {sorted(frame.columns)}")
     chosen = frame[(frame["metric"] == metric) & (frame["split"] == split) & frame[x].notna()]
