@@ -33,6 +33,7 @@ from ..errors import PatchprobeError  # noqa: E402
 from ..probes import AttentiveProbe, PrototypeProbe  # noqa: E402
 from ..probes.prototypes import ProtoBinProbe  # noqa: E402
 from ..train import load_probe  # noqa: E402
+from .figures import save_figure  # noqa: E402
 
 
 def analyze_run(
@@ -177,8 +178,7 @@ def _similarity_histogram(distributions: dict[str, np.ndarray], dim: int, path: 
     axis.set_ylabel("density")
     axis.legend(fontsize=7, frameon=False)
     axis.set_title("Prototype diversity", fontsize=10)
-    figure.savefig(path, dpi=150)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def _usage_plot(token_wins: np.ndarray, class_wins: np.ndarray, probe: PrototypeProbe, path: Path) -> None:
@@ -198,8 +198,7 @@ def _usage_plot(token_wins: np.ndarray, class_wins: np.ndarray, probe: Prototype
                 axis.axvline(boundary - 0.5, color="0.8", linewidth=0.5)
     axes[1].set_xlabel("prototype index")
     figure.suptitle(f"{probe.name}: prototype usage", fontsize=10)
-    figure.savefig(path, dpi=150)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 @torch.no_grad()
@@ -305,5 +304,4 @@ def _draw_panels(panels: list[tuple[str, np.ndarray]], audio: _AudioSource, data
         axis.tick_params(labelsize=7)
         figure.colorbar(shown, ax=axis, shrink=0.8).set_label(label, fontsize=7)
     figure.suptitle(f"clip {data.meta.clip_ids[index]}", fontsize=9)
-    figure.savefig(path, dpi=150)
-    plt.close(figure)
+    save_figure(figure, path)

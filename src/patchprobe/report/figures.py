@@ -12,6 +12,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
+def save_figure(figure, path: str | Path) -> Path:
+    """Write a figure as a 150-dpi PNG (creating the folder) and free it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=150)
+    plt.close(figure)
+    return path
+
+
 def grouped_bar_chart(
     values: dict[str, dict[str, float]],
     path: str | Path,
@@ -41,11 +50,7 @@ def grouped_bar_chart(
     axis.set_title(title, fontsize=10)
     figure.legend(fontsize=8, ncols=len(bars), loc="outside lower center", frameon=False)
     axis.grid(axis="y", alpha=0.3)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=150)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def ranked_bar_chart(
@@ -83,11 +88,7 @@ def ranked_bar_chart(
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[n]) for n in names]
     figure.legend(handles, names, fontsize=8, ncols=len(names), loc="outside lower center", frameon=False)
     figure.suptitle(title, fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=150)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def sweep_plot(
@@ -127,8 +128,5 @@ def sweep_plot(
     axis.set_title(title or f"{split} {metric} vs {x}", fontsize=10)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8, frameon=False)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=150)
-    plt.close(figure)
+    save_figure(figure, path)
     return pd.DataFrame(table)
