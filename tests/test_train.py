@@ -56,3 +56,18 @@ def test_cross_entropy_refused_on_multilabel_bank(bank):
     splits = load_bank_splits(bank)
     with pytest.raises(ValueError, match="multi-label"):
         train_probes(splits["train"], [TrainConfig(probe="linear", loss="ce", epochs=1)], progress=False)
+
+
+def test_a_diverging_config_does_not_stop_the_shared_pass(bank, tmp_path):
+    from patchprobe.sweep import grid_then_seeds
+
+    splits = load_bank_splits(bank)
+    configs = [TrainConfig(probe="linear", epochs=2, batch_size=4, lr=1e-2), TrainConfig(probe="mhca", epochs=2, batch_size=4, lr=1e30)]
+    good, bad = train_probes(splits["train"], configs, {"test": splits["test"]}, progress=False)
+    assert good.diverged is None and "map" in good.metrics["test"]
+    assert "lower the learning rate" in bad.diverged and bad.metrics == {}
+    # A grid search ranks the diverged rate last and reports it as null.
+    table = grid_then_seeds(bank, {"mhca": TrainConfig(probe="mhca", epochs=2, batch_size=4)}, {"mhca": [1e-3, 1e30]},
+                            [0, 1], tmp_path / "runs", splits=splits, progress=False)
+    assert table["mhca"]["lr"] == 1e-3 and table["mhca"]["lr_candidates"]["1e+30"] is None
+    assert set(table["mhca"]["test_per_seed"]) == {"0", "1"}

@@ -135,6 +135,8 @@ def train(
         config = TrainConfig(probe=probe, probe_args=args, epochs=epochs, lr=lr, weight_decay=weight_decay,
                              batch_size=batch_size, loss=loss, seed=seed, data_seed=seed, device=device)
         result = fit(bank, [config], [out], progress=not quiet)[0]
+        if result.diverged:
+            raise ValueError(result.diverged)
     except (PatchprobeError, ValueError, TypeError) as exc:
         _fail(exc)
     table = Table(title=f"{probe} on {bank} ({result.probe.num_parameters():,} parameters, {result.seconds:.1f} s)")

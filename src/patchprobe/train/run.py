@@ -79,7 +79,8 @@ def save_run(result: TrainResult, out: str | Path, bank_identity: dict) -> None:
     # metrics.json is written last: its presence marks a finished run.
     write_json(
         out / "metrics.json",
-        {**result.metrics, "probe": result.config.probe, "num_parameters": architecture["num_parameters"], "train_seconds": result.seconds},
+        {**result.metrics, "probe": result.config.probe, "num_parameters": architecture["num_parameters"],
+         "train_seconds": result.seconds, "diverged": result.diverged},
     )
 
 

@@ -48,6 +48,9 @@ class TrainResult:
     metrics: dict[str, dict] = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    # Why training stopped early (non-finite loss), or None. A diverged run keeps its metrics empty
+    # so a search can rank it last instead of losing the whole shared pass.
+    diverged: str | None = None
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -115,6 +118,8 @@ def train_probes(
         for i, result in zip(members, trained):
             results[i] = result
     for result in results:
+        if result.diverged:
+            continue
         for name, split in (evaluate_on or {}).items():
             result.metrics[name] = evaluate(result.probe, split)
     return results  # type: ignore[return-value]
@@ -145,6 +150,7 @@ def _train_group(train: LoadedSplit, configs, epochs, batch_size, data_seed, pro
                 "loss": LOSSES[_loss_name(config, multilabel)],
                 "history": [],
                 "seconds": 0.0,
+                "diverged": None,
             }
         )
     count = len(train)
@@ -162,17 +168,24 @@ def _train_group(train: LoadedSplit, configs, epochs, batch_size, data_seed, pro
                 continue
             batch = train.batch(index.to(train.tokens.device))
             for slot, member in enumerate(members):
+                if member["diverged"]:
+                    continue
                 tick = time.perf_counter()
-                sums[slot] += _step(member, batch, step, total, steps_per_epoch)
+                try:
+                    sums[slot] += _step(member, batch, step, total, steps_per_epoch)
+                except FloatingPointError as exc:
+                    member["diverged"] = str(exc)
                 member["seconds"] += time.perf_counter() - tick
             batches += 1
             step += 1
             bar.advance()
         for slot, member in enumerate(members):
-            member["history"].append({"epoch": epoch + 1, "loss": sums[slot] / max(batches, 1)})
+            if not member["diverged"]:
+                member["history"].append({"epoch": epoch + 1, "loss": sums[slot] / max(batches, 1)})
     bar.close()
     return [
-        TrainResult(config=m["config"], probe=m["probe"].eval(), history=m["history"], seconds=round(m["seconds"], 2))
+        TrainResult(config=m["config"], probe=m["probe"].eval(), history=m["history"], seconds=round(m["seconds"], 2),
+                    diverged=m["diverged"])
         for m in members
     ]
 
