@@ -1,7 +1,7 @@
 """Sensitivity of the prototype probes to J (prototypes per class): test mAP vs J, binarized vs float.
 
     python scripts/j_sweep.py BANK OUT [--probes protobin protofloat] [--J 1 2 5 10 20 40]
-                              [--lrs 0.03 0.1 0.3] [--seeds 0 1 2]
+                              [--lrs 0.03 0.1 0.3 1.0] [--seeds 0 1 2]
 
 For every (probe, J) the learning rate is chosen on validation with the first seed, then all seeds
 train at that rate (`patchprobe.sweep.grid_then_seeds`; resumable: finished runs are reused).
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--probes", nargs="+", default=["protobin", "protofloat"])
     parser.add_argument("--J", nargs="+", type=int, default=[1, 2, 5, 10, 20, 40])
-    parser.add_argument("--lrs", nargs="+", type=float, default=[0.03, 0.1, 0.3])
+    parser.add_argument("--lrs", nargs="+", type=float, default=[0.03, 0.1, 0.3, 1.0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--device", default="cpu")
@@ -52,6 +52,7 @@ def main() -> None:
     summary = sweep_plot(frame, "prototypes_per_class", args.out / f"{metric}_vs_prototypes_per_class.png", metric=metric,
                          title=f"{metric} vs J (lr chosen per point on valid; mean ± sd over {len(args.seeds)} seeds)")
     summary["lr"] = [table[f"{p}/J={j}"]["lr"] for p, j in zip(summary["probe"], summary["prototypes_per_class"])]
+    summary["lr_at_grid_edge"] = [table[f"{p}/J={j}"]["lr_at_grid_edge"] for p, j in zip(summary["probe"], summary["prototypes_per_class"])]
     summary["parameters"] = [table[f"{p}/J={j}"]["num_parameters"] for p, j in zip(summary["probe"], summary["prototypes_per_class"])]
     write_json(args.out / "j_sweep.json", table)
     (args.out / "j_sweep.md").write_text(markdown_table(summary, floatfmt=".4f") + "\n")
