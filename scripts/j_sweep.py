@@ -50,7 +50,7 @@ def main() -> None:
     frame = pd.DataFrame(rows)
     metric = next(iter(table.values()))["metric"]
     summary = sweep_plot(frame, "prototypes_per_class", args.out / f"{metric}_vs_prototypes_per_class.png", metric=metric,
-                         title=f"{metric} vs J (lr chosen per point on valid; mean ± sd over {len(args.seeds)} seeds)")
+                         title=f"test {metric} vs J (lr chosen per point on valid, {len(args.seeds)} seeds)")
     summary["lr"] = [table[f"{p}/J={j}"]["lr"] for p, j in zip(summary["probe"], summary["prototypes_per_class"])]
     summary["lr_at_grid_edge"] = [table[f"{p}/J={j}"]["lr_at_grid_edge"] for p, j in zip(summary["probe"], summary["prototypes_per_class"])]
     summary["parameters"] = [table[f"{p}/J={j}"]["num_parameters"] for p, j in zip(summary["probe"], summary["prototypes_per_class"])]

@@ -77,11 +77,11 @@ def ranked_bar_chart(
         means = [v[0] for _, v in ranked]
         axis.barh(ys, means, xerr=[v[1] for _, v in ranked], capsize=2, height=0.75,
                   color=[colors[groups.get(b, "other")] for b, _ in ranked])
-        for y, mean in zip(ys, means):
-            axis.text(mean + 0.01, y, f"{mean:.3f}", va="center", fontsize=7)
+        for y, (_, (mean, sd)) in zip(ys, ranked):
+            axis.text(mean + sd + 0.008, y, f"{mean:.3f}", va="center", fontsize=7)  # right of the error bar
         axis.set_yticks(ys, [b for b, _ in ranked], fontsize=8)
         low = min(means)
-        axis.set_xlim(max(0.0, low - 0.1), min(1.08, max(means) + 0.08))
+        axis.set_xlim(max(0.0, low - 0.1), min(1.1, max(v[0] + v[1] for _, v in ranked) + 0.09))
         axis.set_title(panel, fontsize=9)
         axis.set_xlabel(xlabel, fontsize=8)
         axis.grid(axis="x", alpha=0.3)
