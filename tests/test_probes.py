@@ -150,6 +150,9 @@ def test_bad_arguments_are_explained():
         create_probe("freqpool", token_dim=D, num_classes=C)
     with pytest.raises(ValueError, match="unexpected keyword argument 'prototypes'"):
         make("protobin", prototypes=3)
+    for name in ("proto", "protobin", "protofloat"):
+        with pytest.raises(ValueError, match=f"{name}: prototypes_per_class must be at least 1"):
+            make(name, prototypes_per_class=0)
     with pytest.raises(ValueError, match="global vector"):
         make("linear")(*batch()[:2])
 

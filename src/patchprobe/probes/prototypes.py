@@ -44,8 +44,12 @@ def binarize(weights: torch.Tensor) -> torch.Tensor:
 class PrototypeProbe(Probe):
     """Base of heads that compare every token with M prototypes and keep the best match per prototype."""
 
-    num_prototypes: int
-    prototypes_per_class: int
+    def __init__(self, token_dim: int, num_classes: int, global_dim: int, freq_tokens: int, prototypes_per_class: int) -> None:
+        super().__init__(token_dim, num_classes, global_dim, freq_tokens)
+        if prototypes_per_class < 1:
+            raise ValueError(f"{self.name}: prototypes_per_class must be at least 1 (got {prototypes_per_class})")
+        self.prototypes_per_class = prototypes_per_class
+        self.num_prototypes = num_classes * prototypes_per_class
 
     def prototype_vectors(self) -> torch.Tensor:
         """The vectors tokens are compared with in the forward pass: (M, D)."""
@@ -82,11 +86,7 @@ class ProtoBinProbe(PrototypeProbe):
         self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0,
         prototypes_per_class: int = 20, dropout: float = 0.0,
     ) -> None:
-        super().__init__(token_dim, num_classes, global_dim, freq_tokens)
-        if prototypes_per_class < 1:
-            raise ValueError(f"{self.name}: prototypes_per_class must be at least 1 (got {prototypes_per_class})")
-        self.prototypes_per_class = prototypes_per_class
-        self.num_prototypes = num_classes * prototypes_per_class
+        super().__init__(token_dim, num_classes, global_dim, freq_tokens, prototypes_per_class)
         self.prototypes = nn.Parameter(torch.randn(self.num_prototypes, token_dim) * 0.02)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.num_prototypes, num_classes)
@@ -139,11 +139,7 @@ class ProtoProbe(PrototypeProbe):
         self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0,
         prototypes_per_class: int = 20, prototype_lr: float | None = None, orthogonality_weight: float = 1.0,
     ) -> None:
-        super().__init__(token_dim, num_classes, global_dim, freq_tokens)
-        if prototypes_per_class < 1:
-            raise ValueError(f"proto: prototypes_per_class must be at least 1 (got {prototypes_per_class})")
-        self.prototypes_per_class = prototypes_per_class
-        self.num_prototypes = num_classes * prototypes_per_class
+        super().__init__(token_dim, num_classes, global_dim, freq_tokens, prototypes_per_class)
         self.prototype_lr = prototype_lr
         self.orthogonality_weight = orthogonality_weight
         self.prototypes = nn.Parameter(torch.rand(self.num_prototypes, token_dim))  # row c J + j belongs to class c
