@@ -93,6 +93,16 @@ def test_protobin_forward_uses_only_signs():
     assert not torch.allclose(probe(tokens, mask), before)
 
 
+@pytest.mark.parametrize("name", ["protobin", "protofloat"])
+def test_class_contributions_add_up_to_the_logits(name):
+    tokens, mask, _ = batch()
+    probe = make(name, prototypes_per_class=2).eval()
+    descriptor, logits = probe.descriptor(tokens, mask), probe(tokens, mask)
+    for c in range(C):
+        shares = probe.class_contributions(descriptor, torch.full((4,), c))
+        torch.testing.assert_close(shares.sum(-1) + probe.head.bias[c], logits[:, c])
+
+
 def test_protofloat_uses_magnitudes():
     tokens, mask, _ = batch()
     probe = make("protofloat").eval()
@@ -114,10 +124,12 @@ def test_proto_is_class_owned_with_orthogonality_loss_and_its_own_lr():
     probe = make("proto", prototypes_per_class=3, prototype_lr=0.04)
     tokens, mask, _ = batch()
     descriptor = probe.descriptor(tokens, mask)
-    shares = probe.contributions(descriptor)  # (B, C, M): prototype m feeds only its own class
     owner = torch.arange(C * 3) // 3
-    assert torch.all(shares[:, torch.arange(C)[:, None] != owner[None, :]] == 0)
-    torch.testing.assert_close(shares.sum(-1) + probe.bias, probe(tokens, mask))
+    logits = probe(tokens, mask)
+    for c in range(C):  # prototype m feeds only its own class, and the shares add up to the logit
+        shares = probe.class_contributions(descriptor, torch.full((4,), c))
+        assert torch.all(shares[:, owner != c] == 0)
+        torch.testing.assert_close(shares.sum(-1) + probe.bias[c], logits[:, c])
     loss = probe.auxiliary_loss()
     assert loss is not None and loss.item() > 0
     loss.backward()

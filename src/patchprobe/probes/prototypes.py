@@ -5,8 +5,8 @@ binarization, to isolate what binarization does) and `proto` (float, class-owned
 orthogonality loss, as in AudioProtoPNet / Bird-MAE prototypical probing).
 
 Each exposes `similarities(tokens, mask) -> (B, T, F, M)`, `prototype_vectors() -> (M, D)` (what the
-forward pass compares tokens with) and `contributions(descriptor) -> (B, C, M)` (how much prototype m
-adds to the logit of class c), which `patchprobe analyze` uses.
+forward pass compares tokens with) and `class_contributions(descriptor, classes) -> (B, M)` (how much
+each prototype adds to the logit of one class per clip), which `patchprobe analyze` uses.
 """
 
 from __future__ import annotations
@@ -63,8 +63,12 @@ class PrototypeProbe(Probe):
         """s_m = max over valid tokens of the similarity to prototype m: (B, M)."""
         return self.similarities(tokens, mask).amax(dim=(1, 2))
 
-    def contributions(self, descriptor: torch.Tensor) -> torch.Tensor:
-        """Additive share of prototype m in the logit of class c: (B, C, M)."""
+    def class_contributions(self, descriptor: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Additive share of every prototype in the logit of class classes[b] of clip b.
+
+        descriptor: (B, M) from `descriptor`; classes: (B,) long -> (B, M). The logit is the sum of
+        the shares plus the class bias. One class per row keeps memory at B x M even for 527 classes.
+        """
         raise NotImplementedError
 
 
@@ -99,8 +103,8 @@ class ProtoBinProbe(PrototypeProbe):
         sims = F.normalize(tokens, dim=-1) @ prototypes.T
         return sims.masked_fill(~mask.unsqueeze(-1), float("-inf"))
 
-    def contributions(self, descriptor):
-        return self.head.weight.unsqueeze(0) * descriptor.unsqueeze(1)
+    def class_contributions(self, descriptor, classes):
+        return self.head.weight[classes] * descriptor
 
     def forward(self, tokens, mask, global_vector=None):
         return self.head(self.dropout(self.descriptor(tokens, mask)))
@@ -157,13 +161,10 @@ class ProtoProbe(PrototypeProbe):
         sims = torch.relu((self._with_eps(tokens) @ self._with_eps(self.prototypes).T) / 1.01)
         return sims.masked_fill(~mask.unsqueeze(-1), float("-inf"))
 
-    def contributions(self, descriptor):
-        batch = descriptor.shape[0]
-        own = torch.relu(self.class_weights) * descriptor.reshape(batch, self.num_classes, self.prototypes_per_class)
-        out = descriptor.new_zeros(batch, self.num_classes, self.num_classes, self.prototypes_per_class)
-        index = torch.arange(self.num_classes, device=descriptor.device)
-        out[:, index, index] = own  # prototypes only feed their own class
-        return out.reshape(batch, self.num_classes, self.num_prototypes)
+    def class_contributions(self, descriptor, classes):
+        owner = torch.arange(self.num_prototypes, device=descriptor.device) // self.prototypes_per_class
+        weights = torch.relu(self.class_weights).reshape(-1)  # (M,): prototype m's weight on its own class
+        return torch.where(owner[None, :] == classes[:, None], weights * descriptor, torch.zeros_like(descriptor))
 
     def forward(self, tokens, mask, global_vector=None):
         s = self.descriptor(tokens, mask).reshape(-1, self.num_classes, self.prototypes_per_class)

@@ -44,7 +44,7 @@ def analyze_run(
     classes_per_clip: int = 4,
     compare: list[str | Path] | None = None,
     manifest: str | Path | None = None,
-    batch_size: int = 64,
+    batch_size: int = 16,
 ) -> dict:
     """Analyse the probe of a run folder on one split of its bank; returns what `analysis.json` holds.
 
@@ -56,6 +56,7 @@ def analyze_run(
         classes_per_clip: at most this many true classes (highest logits first) per clip.
         compare: other prototype-probe run folders whose similarity distributions join the histogram.
         manifest: CSV manifest of the bank's audio, for spectrograms; default: the one bank.json records.
+        batch_size: clips per step; memory grows with batch x tokens x prototypes.
     """
     run_dir = Path(run_dir)
     probe = load_probe(run_dir)
@@ -116,9 +117,10 @@ def prototype_usage(probe: PrototypeProbe, data: LoadedSplit, batch_size: int = 
         winners = sims.argmax(dim=-1)[batch["mask"]]
         token_wins += torch.bincount(winners, minlength=probe.num_prototypes)
         descriptor = sims.amax(dim=(1, 2))
-        shares = probe.contributions(descriptor)  # (B, C, M)
-        best = shares.argmax(dim=-1)  # (B, C)
-        class_wins += torch.bincount(best[batch["labels"] > 0], minlength=probe.num_prototypes)
+        clips, classes = torch.nonzero(batch["labels"] > 0, as_tuple=True)  # every (clip, true class) pair
+        if len(clips):
+            best = probe.class_contributions(descriptor[clips], classes).argmax(dim=-1)
+            class_wins += torch.bincount(best, minlength=probe.num_prototypes)
         descriptors.append(descriptor)
         logits.append(probe(batch["tokens"], batch["mask"], batch["global"]))
     return {"token_wins": token_wins.numpy(), "class_wins": class_wins.numpy(),
@@ -206,15 +208,16 @@ def _prototype_heatmaps(probe, data, index, logits, classes_per_clip, audio, pat
     batch = data.batch(torch.tensor([index]))
     length = int(data.lengths[index])
     sims = probe.similarities(batch["tokens"], batch["mask"])[0, :length]  # (T, F, M)
-    shares = probe.contributions(sims.amax(dim=(0, 1))[None])[0]  # (C, M)
+    descriptor = sims.amax(dim=(0, 1))  # (M,)
     labels = batch["labels"][0]
     positives = [int(c) for c in torch.nonzero(labels > 0).flatten()]
     classes = sorted(positives or [int(np.argmax(logits))], key=lambda c: -logits[c])[:classes_per_clip]
     names = data.meta.classes
     panels = []
-    for c in classes:
-        m = int(shares[c].argmax())
-        panels.append((f"{names[c]}: prototype {m}\n(share {float(shares[c, m]):+.2f}, logit {logits[c]:+.2f})", sims[:, :, m].numpy()))
+    shares = probe.class_contributions(descriptor.expand(len(classes), -1), torch.tensor(classes))  # (K, M)
+    for row, c in enumerate(classes):
+        m = int(shares[row].argmax())
+        panels.append((f"{names[c]}: prototype {m}\n(share {float(shares[row, m]):+.2f}, logit {logits[c]:+.2f})", sims[:, :, m].numpy()))
     _draw_panels(panels, audio, data, index, path, "cosine similarity")
 
 
