@@ -1,0 +1,63 @@
+"""Read official encoder checkpoints: unwrap their containers, strip prefixes, check keys strictly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .._io import file_hash
+from ..errors import PatchprobeError
+
+
+class CheckpointError(PatchprobeError):
+    """A checkpoint file is missing, unreadable, or does not fit the model."""
+
+
+def read_state_dict(path: str | Path, drop_prefixes: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], str]:
+    """The tensors of a checkpoint file and its content hash.
+
+    Handles `{"model": ...}` (Audio-MAE, Dasheng), fairseq `{"cfg", "model"}`, a bare state dict,
+    DDP `module.` prefixes, and `.safetensors`. Keys starting with any of `drop_prefixes` (decoders,
+    EMA copies, mask tokens) are removed.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or non-checkpoint files
+        raise CheckpointError(f"{path}: cannot read as a checkpoint ({type(exc).__name__}: {exc})") from exc
+    for container in ("model", "state_dict", "module"):
+        if isinstance(state, dict) and isinstance(state.get(container), dict):
+            state = state[container]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: no state dict of tensors found (top-level keys: {list(state)[:8]})")
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    state = {key: value for key, value in state.items() if not key.startswith(drop_prefixes)}
+    return state, file_hash(path)
+
+
+def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load `state` into `model`, failing with the missing and unexpected keys named."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong_shape:
+        details = []
+        if missing:
+            details.append(f"missing {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+        if unexpected:
+            details.append(f"unexpected {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
+        if wrong_shape:
+            details.append("wrong shape " + ", ".join(f"{k} {tuple(state[k].shape)} (model {tuple(expected[k].shape)})" for k in wrong_shape[:5]))
+        raise CheckpointError(f"{source}: checkpoint does not fit the model: {'; '.join(details)}")
+    model.load_state_dict(state)
