@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import GOLDEN
 from patchprobe.encoders import CheckpointError, create_encoder, load_audiomae
+
+from .conftest import GOLDEN
 
 FIXTURE = GOLDEN / "audiomae"
 pytestmark = pytest.mark.skipif(not (FIXTURE / "audiomae_tiny.pt").exists(), reason="golden Audio-MAE fixture not found")

@@ -1,10 +1,13 @@
 """Frozen encoders: waveform batch -> token map (B, T, F, D), mask and global vector."""
 
 from . import audiomae as _audiomae  # noqa: F401  (registers audiomae)
+from . import eat as _eat  # noqa: F401  (registers eat, sslam)
 from . import tiny_mae as _tiny_mae  # noqa: F401  (registers tiny-mae, toy-vit)
 from .base import ENCODERS, Encoder, EncoderOutput, create_encoder
-from .audiomae import AudioMAE, AudioMAEConfig, AudioMAEEncoder, load_audiomae
+from .audiomae import AudioMAE, AudioMAEConfig, load_audiomae
+from .fbank_vit import ChunkedFbankViT, FbankViTConfig, FbankViTEncoder
 from .checkpoints import CheckpointError, load_strict, read_state_dict
+from .eat import EAT, EATConfig, load_eat
 from .tiny_mae import ViTEncoder
 
 try:  # BirdNET registers itself; its runtime is an optional extra imported lazily inside.
@@ -13,6 +16,6 @@ except ImportError:  # pragma: no cover
     pass
 
 __all__ = [
-    "AudioMAE", "AudioMAEConfig", "AudioMAEEncoder", "CheckpointError", "ENCODERS", "Encoder", "EncoderOutput",
-    "ViTEncoder", "create_encoder", "load_audiomae", "load_strict", "read_state_dict",
+    "AudioMAE", "AudioMAEConfig", "CheckpointError", "ChunkedFbankViT", "FbankViTConfig", "FbankViTEncoder", "ENCODERS", "Encoder", "EncoderOutput",
+    "EAT", "EATConfig", "ViTEncoder", "create_encoder", "load_audiomae", "load_eat", "load_strict", "read_state_dict",
 ]

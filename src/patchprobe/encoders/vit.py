@@ -70,10 +70,15 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block (timm ViT layout: norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2)."""
+    """Transformer block (timm ViT layout: norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2).
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, eps: float = 1e-6) -> None:
+    Pre-norm (ViT, Audio-MAE): x + attn(norm1(x)), then x + mlp(norm2(x)).
+    Post-norm (`post_norm=True`, data2vec-2 / EAT): norm1(x + attn(x)), then norm2(x + mlp(x)).
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, eps: float = 1e-6, post_norm: bool = False) -> None:
         super().__init__()
+        self.post_norm = post_norm
         hidden = int(dim * mlp_ratio)
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, heads)
@@ -84,6 +89,9 @@ class Block(nn.Module):
         self.mlp.add_module("fc2", nn.Linear(hidden, dim))
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.post_norm:
+            x = self.norm1(x + self.attn(x, key_mask))
+            return self.norm2(x + self.mlp(x))
         x = x + self.attn(self.norm1(x), key_mask)
         return x + self.mlp(self.norm2(x))
 

@@ -1,0 +1,123 @@
+"""Shared machinery of the 16x16-patch fbank ViTs trained on 10.24 s inputs (Audio-MAE, EAT, SSLAM).
+
+Their recipe: remove the waveform's mean, Kaldi fbank (hanning, htk_compat, 128 mel, 10 ms), zero-pad
+or cut to 1024 frames, then (x - mean) / (2 * std). Clips longer than one input are cut into
+1024-frame chunks, run independently, and their token maps concatenated along time; tokens past a
+clip's end are masked. A subclass defines its parameters, `forward_chunks` and `pool`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from ..audio import FbankConfig, kaldi_fbank
+from .base import Encoder, EncoderOutput
+
+
+class FbankViTConfig(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    width: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    num_mel_bins: int = 128
+    patch_size: int = 16
+    target_frames: int = 1024
+    fbank_mean: float = -4.2677393
+    fbank_std: float = 4.5689974
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.target_frames // self.patch_size, self.num_mel_bins // self.patch_size
+
+
+class ChunkedFbankViT(nn.Module):
+    """Base: front-end, chunking, masks and per-chunk pooling around a subclass's `forward_chunks`."""
+
+    config: FbankViTConfig
+
+    def __init__(self, config: FbankViTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.fbank = FbankConfig(sample_rate=16000, num_mel_bins=config.num_mel_bins)
+
+    def forward_chunks(self, spec: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """spec: (N, frames, 128) normalised -> sequence (N, 1 + T' * 8, D), [cls] first, after block `layer`."""
+        raise NotImplementedError
+
+    def pool(self, sequence: torch.Tensor) -> torch.Tensor:
+        """The model's own clip vector from one chunk's sequence: (N, 1 + T' * 8, D) -> (N, D)."""
+        return sequence[:, 0]
+
+    def _check_layer(self, layer: int | None) -> int:
+        last = len(self.blocks) - 1 if layer is None else layer
+        if not 0 <= last < len(self.blocks):
+            raise ValueError(f"layer {layer} out of range: the model has {len(self.blocks)} blocks (0..{len(self.blocks) - 1})")
+        return last
+
+    def spectrogram(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised fbank cut into model-length chunks.
+
+        Args:
+            waveforms: (B, N) at 16 kHz, zero-padded; lengths: (B,) true sample counts.
+        Returns:
+            (spec (B, K, 1024, 128), frames (B,)): K chunks per clip (the longest clip's count);
+            frames past a clip's end hold the recipe's zero padding (applied before normalisation).
+        """
+        positions = torch.arange(waveforms.shape[1], device=waveforms.device)[None, :]
+        valid = positions < lengths[:, None]
+        means = (waveforms * valid).sum(1, keepdim=True) / lengths[:, None].clamp(min=1)
+        spec = kaldi_fbank((waveforms - means) * valid, self.fbank)
+        frames = torch.tensor([self.fbank.num_frames(int(n)) for n in lengths], device=spec.device)
+        spec = spec * (torch.arange(spec.shape[1], device=spec.device)[None, :] < frames[:, None])[..., None]
+        target = self.config.target_frames
+        chunks = max(1, math.ceil(int(frames.max()) / target))
+        spec = F.pad(spec, (0, 0, 0, chunks * target - spec.shape[1]))[:, : chunks * target]
+        spec = (spec - self.config.fbank_mean) / (2 * self.config.fbank_std)
+        return spec.reshape(spec.shape[0], chunks, target, -1), frames
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, layer: int | None = None):
+        """Returns tokens (B, K*64, 8, D), mask (B, K*64, 8), global vector (B, D) (mean over the clip's chunks)."""
+        spec, frames = self.spectrogram(waveforms, lengths)
+        batch, chunks = spec.shape[:2]
+        time_patches, freq_patches = self.config.grid
+        sequence = self.forward_chunks(spec.flatten(0, 1), layer)
+        per_chunk = self.pool(sequence).reshape(batch, chunks, -1)
+        tokens = sequence[:, 1:].reshape(batch, chunks * time_patches, freq_patches, -1)
+        starts = torch.arange(chunks * time_patches, device=spec.device) * self.config.patch_size
+        mask = (starts[None, :] < frames[:, None])[:, :, None].expand(-1, -1, freq_patches)
+        chunk_used = (torch.arange(chunks, device=spec.device)[None, :] * self.config.target_frames < frames[:, None]).to(per_chunk.dtype)
+        global_vector = (per_chunk * chunk_used[..., None]).sum(1) / chunk_used.sum(1, keepdim=True).clamp(min=1)
+        return tokens, mask, global_vector
+
+
+class FbankViTEncoder(Encoder):
+    """A frozen `ChunkedFbankViT` as a registry encoder: tokens (B, 64 per 10.24 s, 8, D) and its clip vector."""
+
+    sample_rate = 16000
+    clip_seconds = 10.24
+
+    def __init__(self, model: ChunkedFbankViT, name: str, weights_hash: str, global_source: str,
+                 layer: int | None = None, device: str = "cpu") -> None:
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.name, self.weights_hash, self.global_source = name, weights_hash, global_source
+        self.layer, self.device = layer, torch.device(device)
+        self.token_dim = self.global_dim = model.config.width
+
+    def config(self) -> dict:
+        return {"model": type(self.model).__name__, "architecture": self.model.config.model_dump(), "layer": self.layer,
+                "weights_sha256": self.weights_hash}
+
+    def min_samples(self) -> int:
+        return self.model.fbank.window_size
+
+    @torch.inference_mode()
+    def encode(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        tokens, mask, global_vector = self.model(waveforms.to(self.device), lengths.to(self.device), layer=self.layer)
+        return EncoderOutput(tokens=tokens, mask=mask, global_vector=global_vector)
