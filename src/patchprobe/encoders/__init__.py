@@ -1,12 +1,14 @@
 """Frozen encoders: waveform batch -> token map (B, T, F, D), mask and global vector."""
 
 from . import audiomae as _audiomae  # noqa: F401  (registers audiomae)
+from . import dasheng as _dasheng  # noqa: F401  (registers dasheng)
 from . import eat as _eat  # noqa: F401  (registers eat, sslam)
 from . import tiny_mae as _tiny_mae  # noqa: F401  (registers tiny-mae, toy-vit)
 from .base import ENCODERS, Encoder, EncoderOutput, create_encoder
 from .audiomae import AudioMAE, AudioMAEConfig, load_audiomae
 from .fbank_vit import ChunkedFbankViT, FbankViTConfig, FbankViTEncoder
 from .checkpoints import CheckpointError, load_strict, read_state_dict
+from .dasheng import Dasheng, DashengConfig, load_dasheng
 from .eat import EAT, EATConfig, load_eat
 from .tiny_mae import ViTEncoder
 
@@ -17,5 +19,5 @@ except ImportError:  # pragma: no cover
 
 __all__ = [
     "AudioMAE", "AudioMAEConfig", "CheckpointError", "ChunkedFbankViT", "FbankViTConfig", "FbankViTEncoder", "ENCODERS", "Encoder", "EncoderOutput",
-    "EAT", "EATConfig", "ViTEncoder", "create_encoder", "load_audiomae", "load_eat", "load_strict", "read_state_dict",
+    "Dasheng", "DashengConfig", "EAT", "EATConfig", "ViTEncoder", "create_encoder", "load_audiomae", "load_dasheng", "load_eat", "load_strict", "read_state_dict",
 ]
