@@ -1,6 +1,7 @@
 """Frozen encoders: waveform batch -> token map (B, T, F, D), mask and global vector."""
 
 from . import audiomae as _audiomae  # noqa: F401  (registers audiomae)
+from . import beats as _beats  # noqa: F401  (registers beats)
 from . import dasheng as _dasheng  # noqa: F401  (registers dasheng)
 from . import eat as _eat  # noqa: F401  (registers eat, sslam)
 from . import tiny_mae as _tiny_mae  # noqa: F401  (registers tiny-mae, toy-vit)
@@ -8,6 +9,7 @@ from .base import ENCODERS, Encoder, EncoderOutput, create_encoder
 from .audiomae import AudioMAE, AudioMAEConfig, load_audiomae
 from .fbank_vit import ChunkedFbankViT, FbankViTConfig, FbankViTEncoder
 from .checkpoints import CheckpointError, load_strict, read_state_dict
+from .beats import BEATs, BEATsConfig, load_beats
 from .dasheng import Dasheng, DashengConfig, load_dasheng
 from .eat import EAT, EATConfig, load_eat
 from .tiny_mae import ViTEncoder
@@ -18,6 +20,6 @@ except ImportError:  # pragma: no cover
     pass
 
 __all__ = [
-    "AudioMAE", "AudioMAEConfig", "CheckpointError", "ChunkedFbankViT", "FbankViTConfig", "FbankViTEncoder", "ENCODERS", "Encoder", "EncoderOutput",
-    "Dasheng", "DashengConfig", "EAT", "EATConfig", "ViTEncoder", "create_encoder", "load_audiomae", "load_dasheng", "load_eat", "load_strict", "read_state_dict",
+    "AudioMAE", "AudioMAEConfig", "BEATs", "BEATsConfig", "CheckpointError", "ChunkedFbankViT", "FbankViTConfig", "FbankViTEncoder", "ENCODERS", "Encoder", "EncoderOutput",
+    "Dasheng", "DashengConfig", "EAT", "EATConfig", "ViTEncoder", "create_encoder", "load_audiomae", "load_beats", "load_dasheng", "load_eat", "load_strict", "read_state_dict",
 ]
