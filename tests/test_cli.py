@@ -86,3 +86,12 @@ def test_export_analyze_and_plot_commands(tiny_bank, tmp_path):
     assert result.exit_code == 0 and (runs / "map_vs_prototypes_per_class.png").exists(), result.output
     result = runner.invoke(app, ["plot", str(runs), "--x", "nonsense"])
     assert result.exit_code == 2 and "no run sets 'nonsense'" in result.output
+
+
+def test_encoders_table_lists_the_facts_of_every_encoder():
+    from patchprobe.encoders import ENCODERS
+
+    for name in ENCODERS.names():
+        assert set(ENCODERS.facts(name)) == {"sample_rate", "front_end", "tokens_10s", "cls", "weights"}, name
+    result = runner.invoke(app, ["encoders"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and all(name in result.output for name in ENCODERS.names())

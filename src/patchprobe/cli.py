@@ -211,10 +211,17 @@ def info(bank: Path = typer.Argument(..., help="bank folder")) -> None:
 
 @app.command()
 def encoders() -> None:
-    """List the registered encoders."""
+    """List the registered encoders: input rate, front-end, token grid of a 10 s clip, [cls], where the weights live."""
     from .encoders import ENCODERS
 
-    _print_registry(ENCODERS)
+    columns = ("sample_rate", "front_end", "tokens_10s", "cls", "weights")
+    table = Table(title="registered encoders")
+    for column in ("name", *columns):
+        table.add_column(column.replace("_", " "), overflow="fold")
+    for name in ENCODERS.names():
+        facts = ENCODERS.facts(name)
+        table.add_row(name, *(escape(facts.get(c, "-")) for c in columns))
+    console.print(table)
 
 
 @app.command()
@@ -262,13 +269,6 @@ def export(
         console.print(f"prototypes: {_bytes(result['prototype_bytes'])} packed vs {_bytes(result['float32_prototype_bytes'])} as float32 ({ratio:.0f}x smaller)")
     if "max_abs_diff" in result:
         console.print(f"onnxruntime vs PyTorch on random inputs: max |logit difference| = {result['max_abs_diff']:.2e}")
-
-
-def _print_registry(registry) -> None:
-    table = Table("name", "description", title=f"registered {registry.kind}s")
-    for name in registry.names():
-        table.add_row(name, escape(registry.description(name)))
-    console.print(table)
 
 
 def _fmt(value) -> str:

@@ -16,13 +16,17 @@ class Registry(Generic[T]):
         self.kind = kind
         self._factories: dict[str, Callable[..., T]] = {}
         self._descriptions: dict[str, str] = {}
+        self._facts: dict[str, dict[str, str]] = {}
 
-    def register(self, name: str, description: str = "") -> Callable[[Callable[..., T]], Callable[..., T]]:
+    def register(self, name: str, description: str = "", **facts: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator adding `factory` under `name`; `facts` are short strings listings show (e.g. sample_rate="16 kHz")."""
+
         def decorator(factory: Callable[..., T]) -> Callable[..., T]:
             if name in self._factories:
                 raise RegistryError(f"{self.kind} {name!r} is registered twice")
             self._factories[name] = factory
             self._descriptions[name] = description or (factory.__doc__ or "").strip().split("\n")[0]
+            self._facts[name] = {key: str(value) for key, value in facts.items()}
             return factory
 
         return decorator
@@ -43,6 +47,10 @@ class Registry(Generic[T]):
     def description(self, name: str) -> str:
         self.get(name)
         return self._descriptions[name]
+
+    def facts(self, name: str) -> dict[str, str]:
+        self.get(name)
+        return dict(self._facts[name])
 
     def __contains__(self, name: str) -> bool:
         return name in self._factories

@@ -81,7 +81,11 @@ def load_audiomae(checkpoint: str | Path, width: int = 768, depth: int = 12, hea
     return model, digest
 
 
-@ENCODERS.register("audiomae", "Audio-MAE ViT-B/16 (1024 x 128 fbank, 64 x 8 tokens + cls); needs checkpoint=PATH")
+@ENCODERS.register(
+    "audiomae", "Audio-MAE ViT-B/16 (1024 x 128 fbank, 64 x 8 tokens + cls); needs checkpoint=PATH",
+    sample_rate="16 kHz", front_end="Kaldi fbank 128 mel, hanning/htk, padded to 1024 frames", tokens_10s="64 x 8 (63 valid) + cls",
+    cls="yes", weights="github.com/facebookresearch/AudioMAE (checkpoint=PATH)",
+)
 def _audiomae(
     checkpoint: str | None = None, layer: int | None = None, device: str = "cpu", width: int = 768, depth: int = 12, heads: int = 12
 ) -> FbankViTEncoder:

@@ -225,7 +225,11 @@ def load_beats(checkpoint: str | Path) -> tuple[BEATs, str]:
     return model, digest
 
 
-@ENCODERS.register("beats", "BEATs (povey fbank, DeepNorm post-LN, gated relative positions; T' x 8 tokens); needs checkpoint=PATH")
+@ENCODERS.register(
+    "beats", "BEATs (povey fbank, DeepNorm post-LN, gated relative positions; T' x 8 tokens); needs checkpoint=PATH",
+    sample_rate="16 kHz", front_end="Kaldi fbank 128 mel, povey, x 2^15", tokens_10s="62 x 8", cls="no (mean of tokens)",
+    weights="github.com/microsoft/unilm/tree/master/beats (checkpoint=PATH)",
+)
 def _beats(checkpoint: str | None = None, layer: int | None = None, device: str = "cpu") -> BEATsEncoder:
     if not checkpoint:
         raise CheckpointError("beats needs the official weights (not on the Hugging Face hub): download BEATs_iter3.pt from the "

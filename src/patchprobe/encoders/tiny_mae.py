@@ -80,7 +80,11 @@ def shipped_weights() -> tuple[Path, dict]:
     return weights, record
 
 
-@ENCODERS.register("tiny-mae", "spectrogram ViT (192-d, 6 blocks) MAE-pretrained by us on synthetic audio")
+@ENCODERS.register(
+    "tiny-mae", "spectrogram ViT (192-d, 6 blocks) MAE-pretrained by us on synthetic audio",
+    sample_rate="16 kHz", front_end="Kaldi fbank 128 mel, hanning/htk", tokens_10s="63 x 8 + cls", cls="yes",
+    weights="ships with the package",
+)
 def tiny_mae(layer: int | None = None, device: str = "cpu", weights: str | Path | None = None) -> ViTEncoder:
     """Our MAE-pretrained ViT. `weights` may point at another safetensors file of the same recipe."""
     default_weights, record = shipped_weights()
@@ -94,7 +98,10 @@ def tiny_mae(layer: int | None = None, device: str = "cpu", weights: str | Path 
     return ViTEncoder(model, "tiny-mae", identity, layer=layer, device=device, clip_seconds=record["recipe"]["clip_seconds"])
 
 
-@ENCODERS.register("toy-vit", "spectrogram ViT with seeded random weights (tests, random-init control)")
+@ENCODERS.register(
+    "toy-vit", "spectrogram ViT with seeded random weights (tests, random-init control)",
+    sample_rate="16 kHz", front_end="Kaldi fbank 128 mel, hanning/htk", tokens_10s="63 x 8 + cls", cls="yes", weights="random (seeded)",
+)
 def toy_vit(
     seed: int = 0,
     width: int = 64,
