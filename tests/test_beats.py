@@ -65,3 +65,17 @@ def test_relative_position_buckets_are_symmetric_in_range():
 def test_missing_weights_say_where_to_get_them():
     with pytest.raises(CheckpointError, match="microsoft/unilm"):
         create_encoder("beats")
+
+
+def test_extract_a_bank_with_official_weights_through_the_cli(tiny_dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from patchprobe.bank import Bank
+    from patchprobe.cli import app
+
+    result = CliRunner().invoke(app, ["extract", "--manifest", str(tiny_dataset), "--encoder", "beats", "--bank", str(tmp_path / "bank"),
+                                      "--encoder-arg", f"checkpoint={FIXTURE / 'beats_tiny.pt'}", "--layer", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    meta = Bank(tmp_path / "bank").split("train").meta
+    assert meta.encoder == "beats" and meta.token_dim == 64 and meta.freq_dim == 8 and meta.layer == 0
+    assert len(meta.encoder_config["weights_sha256"]) == 16

@@ -5,9 +5,9 @@ from . import beats as _beats  # noqa: F401  (registers beats)
 from . import dasheng as _dasheng  # noqa: F401  (registers dasheng)
 from . import eat as _eat  # noqa: F401  (registers eat, sslam)
 from . import tiny_mae as _tiny_mae  # noqa: F401  (registers tiny-mae, toy-vit)
-from .base import ENCODERS, Encoder, EncoderOutput, create_encoder
+from .base import ENCODERS, CheckpointEncoder, Encoder, EncoderOutput, create_encoder
 from .audiomae import AudioMAE, AudioMAEConfig, load_audiomae
-from .fbank_vit import ChunkedFbankViT, FbankViTConfig, FbankViTEncoder
+from .fbank_vit import ChunkedFbankViT, FbankViTConfig
 from .checkpoints import CheckpointError, load_strict, read_state_dict
 from .beats import BEATs, BEATsConfig, load_beats
 from .dasheng import Dasheng, DashengConfig, load_dasheng
@@ -20,6 +20,6 @@ except ImportError:  # pragma: no cover
     pass
 
 __all__ = [
-    "AudioMAE", "AudioMAEConfig", "BEATs", "BEATsConfig", "CheckpointError", "ChunkedFbankViT", "FbankViTConfig", "FbankViTEncoder", "ENCODERS", "Encoder", "EncoderOutput",
+    "AudioMAE", "AudioMAEConfig", "BEATs", "BEATsConfig", "CheckpointEncoder", "CheckpointError", "ChunkedFbankViT", "FbankViTConfig", "ENCODERS", "Encoder", "EncoderOutput",
     "Dasheng", "DashengConfig", "EAT", "EATConfig", "ViTEncoder", "create_encoder", "load_audiomae", "load_beats", "load_dasheng", "load_eat", "load_strict", "read_state_dict",
 ]

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .base import ENCODERS
+from .base import ENCODERS, CheckpointEncoder
 from .checkpoints import CheckpointError, load_strict, read_state_dict
-from .fbank_vit import ChunkedFbankViT, FbankViTConfig, FbankViTEncoder
+from .fbank_vit import ChunkedFbankViT, FbankViTConfig, fbank_vit_encoder
 from .vit import Block
 
 
@@ -88,11 +88,11 @@ def load_audiomae(checkpoint: str | Path, width: int = 768, depth: int = 12, hea
 )
 def _audiomae(
     checkpoint: str | None = None, layer: int | None = None, device: str = "cpu", width: int = 768, depth: int = 12, heads: int = 12
-) -> FbankViTEncoder:
+) -> CheckpointEncoder:
     if not checkpoint:
         raise CheckpointError(
             "audiomae needs the official weights: download the pretrained or fine-tuned checkpoint linked from "
             "github.com/facebookresearch/AudioMAE and pass --encoder-arg checkpoint=PATH"
         )
     model, digest = load_audiomae(checkpoint, width=width, depth=depth, heads=heads)
-    return FbankViTEncoder(model, "audiomae", digest, "pooled" if model.config.global_pool else "cls", layer=layer, device=device)
+    return fbank_vit_encoder(model, "audiomae", digest, "pooled" if model.config.global_pool else "cls", layer=layer, device=device)

@@ -77,6 +77,36 @@ class Encoder(ABC):
 ENCODERS: Registry[Encoder] = Registry("encoder")
 
 
+class CheckpointEncoder(Encoder):
+    """A frozen network loaded from an official checkpoint, as a registry encoder.
+
+    The network's `forward(waveforms, lengths, layer)` returns (tokens (B, T, F, D), mask (B, T, F),
+    clip vector (B, D)); its `config` (a pydantic model) and the checkpoint's hash identify it in banks.
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, name: str, weights_hash: str, global_source: str, token_dim: int,
+        min_samples: int, clip_seconds: float | None = None, sample_rate: int = 16000, layer: int | None = None, device: str = "cpu",
+    ) -> None:
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.name, self.weights_hash, self.global_source = name, weights_hash, global_source
+        self.token_dim = self.global_dim = token_dim
+        self.sample_rate, self.clip_seconds, self._min_samples = sample_rate, clip_seconds, min_samples
+        self.layer, self.device = layer, torch.device(device)
+
+    def config(self) -> dict:
+        return {"model": type(self.model).__name__, "architecture": self.model.config.model_dump(), "layer": self.layer,
+                "weights_sha256": self.weights_hash}
+
+    def min_samples(self) -> int:
+        return self._min_samples
+
+    @torch.inference_mode()
+    def encode(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        tokens, mask, global_vector = self.model(waveforms.to(self.device), lengths.to(self.device), layer=self.layer)
+        return EncoderOutput(tokens=tokens, mask=mask, global_vector=global_vector)
+
+
 def create_encoder(name: str, **kwargs) -> Encoder:
     """Build a registered encoder by name, e.g. `create_encoder("tiny-mae", device="cpu")`."""
     return ENCODERS.create(name, **kwargs)

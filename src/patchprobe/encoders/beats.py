@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from ..audio import FbankConfig, kaldi_fbank
-from .base import ENCODERS, Encoder, EncoderOutput
+from .base import ENCODERS, CheckpointEncoder
 from .checkpoints import CheckpointError, load_strict, read_state_dict
 
 
@@ -189,27 +189,6 @@ class BEATs(nn.Module):
         return tokens.reshape(batch, -1, freq, tokens.shape[-1]), key_mask.reshape(batch, -1, freq), pooled
 
 
-class BEATsEncoder(Encoder):
-    sample_rate = 16000
-    global_source = "pooled"
-
-    def __init__(self, model: BEATs, weights_hash: str, layer: int | None = None, device: str = "cpu") -> None:
-        self.model = model.eval().requires_grad_(False).to(device)
-        self.name, self.weights_hash, self.layer, self.device = "beats", weights_hash, layer, torch.device(device)
-        self.token_dim = self.global_dim = model.config.encoder_embed_dim
-
-    def config(self) -> dict:
-        return {"beats": self.model.config.model_dump(), "layer": self.layer, "weights_sha256": self.weights_hash}
-
-    def min_samples(self) -> int:
-        return self.model.fbank.window_size + 15 * self.model.fbank.window_shift  # one 16-frame patch
-
-    @torch.inference_mode()
-    def encode(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
-        tokens, mask, pooled = self.model(waveforms.to(self.device), lengths.to(self.device), layer=self.layer)
-        return EncoderOutput(tokens=tokens, mask=mask, global_vector=pooled)
-
-
 def load_beats(checkpoint: str | Path) -> tuple[BEATs, str]:
     """Build BEATs from an official `{cfg, model}` checkpoint (pretrained or fine-tuned; the predictor is dropped)."""
     path = Path(checkpoint)
@@ -230,9 +209,11 @@ def load_beats(checkpoint: str | Path) -> tuple[BEATs, str]:
     sample_rate="16 kHz", front_end="Kaldi fbank 128 mel, povey, x 2^15", tokens_10s="62 x 8", cls="no (mean of tokens)",
     weights="github.com/microsoft/unilm/tree/master/beats (checkpoint=PATH)",
 )
-def _beats(checkpoint: str | None = None, layer: int | None = None, device: str = "cpu") -> BEATsEncoder:
+def _beats(checkpoint: str | None = None, layer: int | None = None, device: str = "cpu") -> CheckpointEncoder:
     if not checkpoint:
         raise CheckpointError("beats needs the official weights (not on the Hugging Face hub): download BEATs_iter3.pt from the "
                               "links in github.com/microsoft/unilm/tree/master/beats and pass --encoder-arg checkpoint=PATH")
     model, digest = load_beats(checkpoint)
-    return BEATsEncoder(model, digest, layer=layer, device=device)
+    return CheckpointEncoder(model, "beats", digest, "pooled", model.config.encoder_embed_dim,
+                             model.fbank.window_size + 15 * model.fbank.window_shift,  # one 16-frame patch
+                             layer=layer, device=device)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from .base import ENCODERS, Encoder, EncoderOutput
+from .base import ENCODERS, CheckpointEncoder
 from .checkpoints import CheckpointError, load_strict, read_state_dict
 from .vit import Block
 
@@ -138,27 +138,6 @@ class Dasheng(nn.Module):
         return tokens[:, :, None], mask[:, :, None], pooled
 
 
-class DashengEncoder(Encoder):
-    sample_rate = 16000
-    global_source = "pooled"
-
-    def __init__(self, model: Dasheng, weights_hash: str, name: str = "dasheng", layer: int | None = None, device: str = "cpu") -> None:
-        self.model = model.eval().requires_grad_(False).to(device)
-        self.name, self.weights_hash, self.layer, self.device = name, weights_hash, layer, torch.device(device)
-        self.token_dim = self.global_dim = model.config.width
-
-    def config(self) -> dict:
-        return {"dasheng": self.model.config.model_dump(), "layer": self.layer, "weights_sha256": self.weights_hash}
-
-    def min_samples(self) -> int:
-        return self.model.config.n_fft // 2 + 1  # reflect padding needs more samples than half a window
-
-    @torch.inference_mode()
-    def encode(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
-        tokens, mask, pooled = self.model(waveforms.to(self.device), lengths.to(self.device), layer=self.layer)
-        return EncoderOutput(tokens=tokens, mask=mask, global_vector=pooled)
-
-
 def load_dasheng(checkpoint: str | Path) -> tuple[Dasheng, str]:
     """Build Dasheng from its official checkpoint `{"model": state_dict, "config": {embed_dim, depth, num_heads}}`."""
     path = Path(checkpoint)
@@ -184,9 +163,11 @@ def load_dasheng(checkpoint: str | Path) -> tuple[Dasheng, str]:
     sample_rate="16 kHz", front_end="STFT 512/160, 64 mel, dB (top 120), BatchNorm", tokens_10s="250 x 1", cls="no (mean of tokens)",
     weights="zenodo.org/records/11511780 or mispeech/dasheng-base (checkpoint=PATH)",
 )
-def _dasheng(checkpoint: str | None = None, layer: int | None = None, device: str = "cpu") -> DashengEncoder:
+def _dasheng(checkpoint: str | None = None, layer: int | None = None, device: str = "cpu") -> CheckpointEncoder:
     if not checkpoint:
         raise CheckpointError("dasheng needs the official weights: download dasheng_base.pt from zenodo.org/records/11511780 "
                               "(or mispeech/dasheng-base on the Hugging Face hub) and pass --encoder-arg checkpoint=PATH")
     model, digest = load_dasheng(checkpoint)
-    return DashengEncoder(model, digest, layer=layer, device=device)
+    # reflect padding in the STFT needs more than half a window of samples
+    return CheckpointEncoder(model, "dasheng", digest, "pooled", model.config.width, model.config.n_fft // 2 + 1,
+                             layer=layer, device=device)

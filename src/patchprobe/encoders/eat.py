@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .base import ENCODERS
+from .base import ENCODERS, CheckpointEncoder
 from .checkpoints import CheckpointError, load_strict, read_state_dict
-from .fbank_vit import ChunkedFbankViT, FbankViTConfig, FbankViTEncoder
+from .fbank_vit import ChunkedFbankViT, FbankViTConfig, fbank_vit_encoder
 from .vit import Block
 
 
@@ -86,11 +86,11 @@ def load_eat(checkpoint: str | Path, width: int = 768, depth: int = 12, heads: i
 
 def _eat_factory(name: str, source: str):
     def factory(checkpoint: str | None = None, layer: int | None = None, device: str = "cpu",
-                width: int = 768, depth: int = 12, heads: int = 12) -> FbankViTEncoder:
+                width: int = 768, depth: int = 12, heads: int = 12) -> CheckpointEncoder:
         if not checkpoint:
             raise CheckpointError(f"{name} needs the official weights: download them from {source} and pass --encoder-arg checkpoint=PATH")
         model, digest = load_eat(checkpoint, width=width, depth=depth, heads=heads)
-        return FbankViTEncoder(model, name, digest, "cls", layer=layer, device=device)
+        return fbank_vit_encoder(model, name, digest, "cls", layer=layer, device=device)
 
     return factory
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from ..audio import FbankConfig, kaldi_fbank
-from .base import Encoder, EncoderOutput
+from .base import CheckpointEncoder
 
 
 class FbankViTConfig(BaseModel):
@@ -97,27 +97,8 @@ class ChunkedFbankViT(nn.Module):
         return tokens, mask, global_vector
 
 
-class FbankViTEncoder(Encoder):
-    """A frozen `ChunkedFbankViT` as a registry encoder: tokens (B, 64 per 10.24 s, 8, D) and its clip vector."""
-
-    sample_rate = 16000
-    clip_seconds = 10.24
-
-    def __init__(self, model: ChunkedFbankViT, name: str, weights_hash: str, global_source: str,
-                 layer: int | None = None, device: str = "cpu") -> None:
-        self.model = model.eval().requires_grad_(False).to(device)
-        self.name, self.weights_hash, self.global_source = name, weights_hash, global_source
-        self.layer, self.device = layer, torch.device(device)
-        self.token_dim = self.global_dim = model.config.width
-
-    def config(self) -> dict:
-        return {"model": type(self.model).__name__, "architecture": self.model.config.model_dump(), "layer": self.layer,
-                "weights_sha256": self.weights_hash}
-
-    def min_samples(self) -> int:
-        return self.model.fbank.window_size
-
-    @torch.inference_mode()
-    def encode(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
-        tokens, mask, global_vector = self.model(waveforms.to(self.device), lengths.to(self.device), layer=self.layer)
-        return EncoderOutput(tokens=tokens, mask=mask, global_vector=global_vector)
+def fbank_vit_encoder(model: ChunkedFbankViT, name: str, weights_hash: str, global_source: str,
+                      layer: int | None = None, device: str = "cpu") -> CheckpointEncoder:
+    """Wrap a loaded Audio-MAE / EAT / SSLAM network as a registry encoder (10.24 s inputs)."""
+    return CheckpointEncoder(model, name, weights_hash, global_source, model.config.width, model.fbank.window_size,
+                             clip_seconds=10.24, layer=layer, device=device)
