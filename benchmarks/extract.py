@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--half", action="store_true", help="float16 weights and inputs (GPU)")
+    parser.add_argument("--half", action="store_true", help="float16 autocast for the network, float32 front-end (CUDA only)")
     args = parser.parse_args()
     torch.manual_seed(0)
     waves = 0.1 * torch.randn(args.clips, 160000)
@@ -56,17 +56,13 @@ def main() -> None:
     rows = []
     for name, build in MODELS.items():
         model, width = build()
-        encoder = CheckpointEncoder(model, name, "random", "cls", width, 400, device=args.device)
-        if args.half:
-            encoder.model.half()
-        batch = waves[: args.batch].to(args.device)
-        encoder.encode(batch.half() if args.half else batch, lengths[: args.batch])  # warm-up
+        encoder = CheckpointEncoder(model, name, "random", "cls", width, 400, device=args.device, half=args.half)
+        encoder.encode(waves[: args.batch].to(args.device), lengths[: args.batch])  # warm-up
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         tick = time.perf_counter()
         for start in range(0, args.clips, args.batch):
-            chunk = waves[start : start + args.batch].to(args.device)
-            out = encoder.encode(chunk.half() if args.half else chunk, lengths[start : start + args.batch])
+            out = encoder.encode(waves[start : start + args.batch].to(args.device), lengths[start : start + args.batch])
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         seconds = time.perf_counter() - tick

@@ -79,3 +79,8 @@ def test_extract_a_bank_with_official_weights_through_the_cli(tiny_dataset, tmp_
     meta = Bank(tmp_path / "bank").split("train").meta
     assert meta.encoder == "beats" and meta.token_dim == 64 and meta.freq_dim == 8 and meta.layer == 0
     assert len(meta.encoder_config["weights_sha256"]) == 16
+
+
+def test_half_precision_is_refused_off_gpu():
+    with pytest.raises(ValueError, match="half precision runs on a CUDA device"):
+        create_encoder("beats", checkpoint=str(FIXTURE / "beats_tiny.pt"), half=True)

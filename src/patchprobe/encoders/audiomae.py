@@ -87,7 +87,8 @@ def load_audiomae(checkpoint: str | Path, width: int = 768, depth: int = 12, hea
     cls="yes", weights="github.com/facebookresearch/AudioMAE (checkpoint=PATH)",
 )
 def _audiomae(
-    checkpoint: str | None = None, layer: int | None = None, device: str = "cpu", width: int = 768, depth: int = 12, heads: int = 12
+    checkpoint: str | None = None, layer: int | None = None, device: str = "cpu", width: int = 768, depth: int = 12, heads: int = 12,
+    half: bool = False,
 ) -> CheckpointEncoder:
     if not checkpoint:
         raise CheckpointError(
@@ -95,4 +96,4 @@ def _audiomae(
             "github.com/facebookresearch/AudioMAE and pass --encoder-arg checkpoint=PATH"
         )
     model, digest = load_audiomae(checkpoint, width=width, depth=depth, heads=heads)
-    return fbank_vit_encoder(model, "audiomae", digest, "pooled" if model.config.global_pool else "cls", layer=layer, device=device)
+    return fbank_vit_encoder(model, "audiomae", digest, "pooled" if model.config.global_pool else "cls", layer=layer, device=device, half=half)

@@ -87,8 +87,12 @@ class CheckpointEncoder(Encoder):
     def __init__(
         self, model: torch.nn.Module, name: str, weights_hash: str, global_source: str, token_dim: int,
         min_samples: int, clip_seconds: float | None = None, sample_rate: int = 16000, layer: int | None = None, device: str = "cpu",
+        half: bool = False,
     ) -> None:
+        if half and not str(device).startswith("cuda"):
+            raise ValueError(f"half precision runs on a CUDA device; got device={device!r} (drop half=true on CPU)")
         self.model = model.eval().requires_grad_(False).to(device)
+        self.half = half
         self.name, self.weights_hash, self.global_source = name, weights_hash, global_source
         self.token_dim = self.global_dim = token_dim
         self.sample_rate, self.clip_seconds, self._min_samples = sample_rate, clip_seconds, min_samples
@@ -96,15 +100,17 @@ class CheckpointEncoder(Encoder):
 
     def config(self) -> dict:
         return {"model": type(self.model).__name__, "architecture": self.model.config.model_dump(), "layer": self.layer,
-                "weights_sha256": self.weights_hash}
+                "weights_sha256": self.weights_hash, "half": self.half}
 
     def min_samples(self) -> int:
         return self._min_samples
 
     @torch.inference_mode()
     def encode(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
-        tokens, mask, global_vector = self.model(waveforms.to(self.device), lengths.to(self.device), layer=self.layer)
-        return EncoderOutput(tokens=tokens, mask=mask, global_vector=global_vector)
+        # half: matrix products in float16 under autocast; the fbank and norms stay in float32
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.half):
+            tokens, mask, global_vector = self.model(waveforms.to(self.device), lengths.to(self.device), layer=self.layer)
+        return EncoderOutput(tokens=tokens.float(), mask=mask, global_vector=global_vector.float())
 
 
 def create_encoder(name: str, **kwargs) -> Encoder:

@@ -182,7 +182,8 @@ class BEATs(nn.Module):
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, layer: int | None = None):
         """Returns tokens (B, T', 8, D), mask (B, T', 8), mean of valid tokens (B, D)."""
-        spec, frames = self.spectrogram(waveforms, lengths)
+        with torch.autocast(device_type=waveforms.device.type, enabled=False):  # the front-end stays float32
+            spec, frames = self.spectrogram(waveforms, lengths)
         tokens, key_mask = self.forward_spectrogram(spec, frames, layer)
         batch, freq = tokens.shape[0], 128 // self.config.input_patch_size
         pooled = (tokens * key_mask[..., None]).sum(1) / key_mask.sum(1, keepdim=True).clamp(min=1)
@@ -209,11 +210,11 @@ def load_beats(checkpoint: str | Path) -> tuple[BEATs, str]:
     sample_rate="16 kHz", front_end="Kaldi fbank 128 mel, povey, x 2^15", tokens_10s="62 x 8", cls="no (mean of tokens)",
     weights="github.com/microsoft/unilm/tree/master/beats (checkpoint=PATH)",
 )
-def _beats(checkpoint: str | None = None, layer: int | None = None, device: str = "cpu") -> CheckpointEncoder:
+def _beats(checkpoint: str | None = None, layer: int | None = None, device: str = "cpu", half: bool = False) -> CheckpointEncoder:
     if not checkpoint:
         raise CheckpointError("beats needs the official weights (not on the Hugging Face hub): download BEATs_iter3.pt from the "
                               "links in github.com/microsoft/unilm/tree/master/beats and pass --encoder-arg checkpoint=PATH")
     model, digest = load_beats(checkpoint)
     return CheckpointEncoder(model, "beats", digest, "pooled", model.config.encoder_embed_dim,
                              model.fbank.window_size + 15 * model.fbank.window_shift,  # one 16-frame patch
-                             layer=layer, device=device)
+                             layer=layer, device=device, half=half)

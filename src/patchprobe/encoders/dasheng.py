@@ -116,7 +116,8 @@ class Dasheng(nn.Module):
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, layer: int | None = None, top_db_scope="clip"):
         """Returns tokens (B, T', 1, D), mask (B, T', 1), mean of valid tokens (B, D)."""
-        spec, frames = self.spectrogram(waveforms, lengths, top_db_scope)
+        with torch.autocast(device_type=waveforms.device.type, enabled=False):  # the front-end stays float32
+            spec, frames = self.spectrogram(waveforms, lengths, top_db_scope)
         target, patch = self.config.target_frames, self.config.time_patch
         total = int(frames.max())
         chunks = -(-total // target)
@@ -163,11 +164,11 @@ def load_dasheng(checkpoint: str | Path) -> tuple[Dasheng, str]:
     sample_rate="16 kHz", front_end="STFT 512/160, 64 mel, dB (top 120), BatchNorm", tokens_10s="250 x 1", cls="no (mean of tokens)",
     weights="zenodo.org/records/11511780 or mispeech/dasheng-base (checkpoint=PATH)",
 )
-def _dasheng(checkpoint: str | None = None, layer: int | None = None, device: str = "cpu") -> CheckpointEncoder:
+def _dasheng(checkpoint: str | None = None, layer: int | None = None, device: str = "cpu", half: bool = False) -> CheckpointEncoder:
     if not checkpoint:
         raise CheckpointError("dasheng needs the official weights: download dasheng_base.pt from zenodo.org/records/11511780 "
                               "(or mispeech/dasheng-base on the Hugging Face hub) and pass --encoder-arg checkpoint=PATH")
     model, digest = load_dasheng(checkpoint)
     # reflect padding in the STFT needs more than half a window of samples
     return CheckpointEncoder(model, "dasheng", digest, "pooled", model.config.width, model.config.n_fft // 2 + 1,
-                             layer=layer, device=device)
+                             layer=layer, device=device, half=half)

@@ -86,11 +86,11 @@ def load_eat(checkpoint: str | Path, width: int = 768, depth: int = 12, heads: i
 
 def _eat_factory(name: str, source: str):
     def factory(checkpoint: str | None = None, layer: int | None = None, device: str = "cpu",
-                width: int = 768, depth: int = 12, heads: int = 12) -> CheckpointEncoder:
+                width: int = 768, depth: int = 12, heads: int = 12, half: bool = False) -> CheckpointEncoder:
         if not checkpoint:
             raise CheckpointError(f"{name} needs the official weights: download them from {source} and pass --encoder-arg checkpoint=PATH")
         model, digest = load_eat(checkpoint, width=width, depth=depth, heads=heads)
-        return fbank_vit_encoder(model, name, digest, "cls", layer=layer, device=device)
+        return fbank_vit_encoder(model, name, digest, "cls", layer=layer, device=device, half=half)
 
     return factory
 

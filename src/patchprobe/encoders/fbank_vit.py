@@ -84,7 +84,8 @@ class ChunkedFbankViT(nn.Module):
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, layer: int | None = None):
         """Returns tokens (B, K*64, 8, D), mask (B, K*64, 8), global vector (B, D) (mean over the clip's chunks)."""
-        spec, frames = self.spectrogram(waveforms, lengths)
+        with torch.autocast(device_type=waveforms.device.type, enabled=False):  # the front-end stays float32
+            spec, frames = self.spectrogram(waveforms, lengths)
         batch, chunks = spec.shape[:2]
         time_patches, freq_patches = self.config.grid
         sequence = self.forward_chunks(spec.flatten(0, 1), layer)
@@ -98,7 +99,7 @@ class ChunkedFbankViT(nn.Module):
 
 
 def fbank_vit_encoder(model: ChunkedFbankViT, name: str, weights_hash: str, global_source: str,
-                      layer: int | None = None, device: str = "cpu") -> CheckpointEncoder:
+                      layer: int | None = None, device: str = "cpu", half: bool = False) -> CheckpointEncoder:
     """Wrap a loaded Audio-MAE / EAT / SSLAM network as a registry encoder (10.24 s inputs)."""
     return CheckpointEncoder(model, name, weights_hash, global_source, model.config.width, model.fbank.window_size,
-                             clip_seconds=10.24, layer=layer, device=device)
+                             clip_seconds=10.24, layer=layer, device=device, half=half)
