@@ -74,11 +74,14 @@ def test_extract_a_bank_with_official_weights_through_the_cli(tiny_dataset, tmp_
     from patchprobe.cli import app
 
     result = CliRunner().invoke(app, ["extract", "--manifest", str(tiny_dataset), "--encoder", "beats", "--bank", str(tmp_path / "bank"),
-                                      "--encoder-arg", f"checkpoint={FIXTURE / 'beats_tiny.pt'}", "--layer", "0", "--quiet"])
+                                      "--checkpoint", str(FIXTURE / "beats_tiny.pt"), "--layer", "0", "--quiet"])
     assert result.exit_code == 0, result.output
     meta = Bank(tmp_path / "bank").split("train").meta
     assert meta.encoder == "beats" and meta.token_dim == 64 and meta.freq_dim == 8 and meta.layer == 0
     assert len(meta.encoder_config["weights_sha256"]) == 16
+    result = CliRunner().invoke(app, ["extract", "--manifest", str(tiny_dataset), "--encoder", "beats", "--bank", str(tmp_path / "b2"),
+                                      "--checkpoint", str(FIXTURE / "beats_tiny.pt"), "--half"])
+    assert result.exit_code == 2 and "half precision runs on a CUDA device" in result.output
 
 
 def test_half_precision_is_refused_off_gpu():

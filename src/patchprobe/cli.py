@@ -89,6 +89,8 @@ def extract(
     dtype: str = typer.Option("float16", help="storage dtype of token maps: float16 or float32"),
     chunk_clips: int = typer.Option(256, help="clips per committed chunk (resume granularity)"),
     encoder_arg: Optional[list[str]] = typer.Option(None, help="encoder argument KEY=VALUE, repeatable"),
+    checkpoint: Optional[Path] = typer.Option(None, help="official weights file for audiomae, eat, sslam, beats, dasheng"),
+    half: bool = typer.Option(False, "--half", help="float16 network on a CUDA device (front-end stays float32)"),
     multilabel: Optional[bool] = typer.Option(None, "--multilabel/--multiclass", help="override the inferred task type"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="record unreadable clips and continue"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
@@ -101,11 +103,16 @@ def extract(
     try:
         dataset = ManifestDataset(manifest, multilabel=multilabel)
         chosen_layer = int(layer) if layer and layer.lstrip("-").isdigit() else layer
-        model = create_encoder(encoder, layer=chosen_layer, device=device, **_parse_pairs(encoder_arg, "--encoder-arg"))
+        options = _parse_pairs(encoder_arg, "--encoder-arg")
+        if checkpoint is not None:
+            options["checkpoint"] = str(checkpoint)
+        if half:
+            options["half"] = True
+        model = create_encoder(encoder, layer=chosen_layer, device=device, **options)
         extract_bank(dataset, model, bank, splits=split, batch_size=batch_size, chunk_clips=chunk_clips,
                      dtype=dtype, skip_bad=skip_bad, progress=not quiet)
         _print_info(Bank(bank).describe())
-    except PatchprobeError as exc:
+    except (PatchprobeError, ValueError, TypeError) as exc:  # bad options reach us as ValueError/TypeError
         _fail(exc)
 
 
