@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file as load_numpy, save_file as save_numpy
+from safetensors.numpy import save_file as save_numpy
 
 from ._io import atomic_write_with, read_json
 from .errors import PatchprobeError
@@ -99,9 +99,9 @@ def load_packed(path: str | Path) -> ProtoBinProbe:
         raise ExportError(f"{path}: no such packed probe file")
     with safe_open(str(path), framework="numpy") as handle:
         metadata = handle.metadata() or {}
-    if metadata.get("format") != PACKED_FORMAT:
-        raise ExportError(f"{path}: not a packed protobin file (format {metadata.get('format')!r}, expected {PACKED_FORMAT!r})")
-    tensors = load_numpy(str(path))
+        if metadata.get("format") != PACKED_FORMAT:
+            raise ExportError(f"{path}: not a packed protobin file (format {metadata.get('format')!r}, expected {PACKED_FORMAT!r})")
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     dim = int(metadata["token_dim"])
     signs = np.unpackbits(tensors["prototype_bits"], axis=1, count=dim).astype(np.float32) * 2.0 - 1.0
     probe = create_probe(
@@ -114,17 +114,6 @@ def load_packed(path: str | Path) -> ProtoBinProbe:
     probe.classes = json.loads(metadata.get("classes", "[]"))
     probe.encoder = metadata.get("encoder", "")
     return probe.eval()
-
-
-class _OnnxInterface(torch.nn.Module):
-    """Fixed input signature for export: (tokens, mask[, global]) -> logits."""
-
-    def __init__(self, probe) -> None:
-        super().__init__()
-        self.probe = probe
-
-    def forward(self, tokens, mask, global_vector=None):
-        return self.probe(tokens, mask, global_vector)
 
 
 def example_inputs(probe, batch: int = 2, time: int = 5, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -151,7 +140,6 @@ def export_onnx(probe, path: str | Path, opset: int = 18) -> dict:
     except ImportError as exc:
         raise ExportError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'patchprobe[export]'") from exc
     probe = probe.eval().cpu()
-    model = _OnnxInterface(probe).eval()
     inputs = example_inputs(probe, batch=2, time=5)
     batch, time = torch.export.Dim("batch"), torch.export.Dim("time")
     shapes = {"tokens": {0: batch, 1: time}, "mask": {0: batch, 1: time}}
@@ -168,7 +156,7 @@ def export_onnx(probe, path: str | Path, opset: int = 18) -> dict:
         try:
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
-                program = torch.onnx.export(model, (), kwargs=inputs, dynamic_shapes=shapes, dynamo=True, opset_version=opset,
+                program = torch.onnx.export(probe, (), kwargs=inputs, dynamic_shapes=shapes, dynamo=True, opset_version=opset,
                                             input_names=list(inputs), output_names=["logits"], verbose=False)
             program.save(str(tmp), external_data=False)
         finally:

@@ -6,6 +6,8 @@ vector (averaged over heads / queries), which `patchprobe analyze` draws over th
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 from torch import nn
 
@@ -17,12 +19,12 @@ def _masked_softmax(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return scores.masked_fill(~valid, float("-inf")).softmax(dim=-1)
 
 
-class AttentiveProbe(Probe):
+class AttentiveProbe(Probe, ABC):
     """Base of heads that pool tokens with attention weights."""
 
+    @abstractmethod
     def attention(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled vector (B, H) and attention weights (B, Q, T*F) over flattened tokens (Q heads or queries)."""
-        raise NotImplementedError
 
     def attention_map(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean attention weight per token over heads / queries: (B, T, F); zero at padding."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import PROBES, Probe
+from .base import PROBES, Probe, masked_mean
 
 
 @PROBES.register("conv", "depthwise-separable 3x3 conv over the (T, F) token grid, [max ‖ mean] pooling, linear")
@@ -41,8 +41,5 @@ class ConvProbe(Probe):
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor, global_vector: torch.Tensor | None = None) -> torch.Tensor:
         features = self.feature_map(tokens, mask)
-        valid = mask.unsqueeze(-1)
-        largest = features.masked_fill(~valid, float("-inf")).amax(dim=(1, 2))
-        weights = valid.to(features.dtype)
-        mean = (features * weights).sum(dim=(1, 2)) / weights.sum(dim=(1, 2)).clamp(min=1.0)
-        return self.head(self.norm(torch.cat([largest, mean], dim=-1)))
+        largest = features.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(dim=(1, 2))
+        return self.head(self.norm(torch.cat([largest, masked_mean(features, mask)], dim=-1)))

@@ -8,13 +8,20 @@ converge (see docs/probes.md).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 from torch import nn
 
 from .base import PROBES, Probe, masked_mean, require_global
 
 
-class _PooledHead(Probe):
+def _global_or_mean(probe: Probe, tokens, mask, global_vector) -> torch.Tensor:
+    """The encoder's global vector when the head reads it, else the mean of valid tokens: (B, G or D)."""
+    return require_global(probe, global_vector) if probe.uses_global else masked_mean(tokens, mask)
+
+
+class _PooledHead(Probe, ABC):
     """Shared machinery: `pool(tokens, mask, global_vector) -> (B, H)`, then y = W BN(h) + b."""
 
     def __init__(self, token_dim: int, num_classes: int, global_dim: int, freq_tokens: int, features: int) -> None:
@@ -22,8 +29,9 @@ class _PooledHead(Probe):
         self.norm = nn.BatchNorm1d(features, affine=False)
         self.head = nn.Linear(features, num_classes)
 
+    @abstractmethod
     def pool(self, tokens: torch.Tensor, mask: torch.Tensor, global_vector: torch.Tensor | None) -> torch.Tensor:
-        raise NotImplementedError
+        """The clip vector h: (B, H)."""
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor, global_vector: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.norm(self.pool(tokens, mask, global_vector)))
@@ -42,11 +50,10 @@ class LinearProbe(_PooledHead):
     def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0, use_global: bool = True) -> None:
         on_global = bool(use_global and global_dim)
         super().__init__(token_dim, num_classes, global_dim, freq_tokens, global_dim if on_global else token_dim)
-        self.use_global = self.uses_global = on_global
-        self.uses_tokens = not self.use_global
+        self.uses_global, self.uses_tokens = on_global, not on_global
 
     def pool(self, tokens, mask, global_vector):
-        return require_global(self, global_vector) if self.use_global else masked_mean(tokens, mask)
+        return _global_or_mean(self, tokens, mask, global_vector)
 
 
 @PROBES.register("mlp", "two-layer MLP on the [cls]/global vector (mean of tokens if none)")
@@ -64,17 +71,16 @@ class MLPProbe(Probe):
         hidden: int | None = None, dropout: float = 0.0, use_global: bool = True,
     ) -> None:
         super().__init__(token_dim, num_classes, global_dim, freq_tokens)
-        self.use_global = bool(use_global and global_dim)
-        self.uses_global, self.uses_tokens = self.use_global, not self.use_global
-        features = global_dim if self.use_global else token_dim
+        self.uses_global = bool(use_global and global_dim)
+        self.uses_tokens = not self.uses_global
+        features = global_dim if self.uses_global else token_dim
         self.hidden = hidden or features
         self.norm = nn.BatchNorm1d(features, affine=False)
         self.mlp = nn.Sequential(nn.Linear(features, self.hidden), nn.GELU(), nn.Dropout(dropout))
         self.head = nn.Linear(self.hidden, num_classes)
 
     def forward(self, tokens, mask, global_vector=None):
-        h = require_global(self, global_vector) if self.use_global else masked_mean(tokens, mask)
-        return self.head(self.mlp(self.norm(h)))
+        return self.head(self.mlp(self.norm(_global_or_mean(self, tokens, mask, global_vector))))
 
 
 @PROBES.register("linearc", "linear layer on [global vector ‖ mean of tokens]")

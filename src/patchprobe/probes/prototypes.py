@@ -11,11 +11,18 @@ each prototype adds to the logit of one class per clip), which `patchprobe analy
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import PROBES, Probe
+
+
+def _sign(weights: torch.Tensor) -> torch.Tensor:
+    """Exact +-1 signs with sign(0) = +1, in the input's dtype."""
+    return torch.where(weights >= 0, 1.0, -1.0).to(weights.dtype)
 
 
 class _SignStraightThrough(torch.autograd.Function):
@@ -26,7 +33,7 @@ class _SignStraightThrough(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weights: torch.Tensor) -> torch.Tensor:
-        return torch.where(weights >= 0, torch.ones_like(weights), -torch.ones_like(weights))
+        return _sign(weights)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
@@ -37,12 +44,16 @@ def binarize(weights: torch.Tensor) -> torch.Tensor:
     """sign(w) in {-1, +1} (sign(0) = +1) with a straight-through gradient to w."""
     if torch.jit.is_tracing() or torch.compiler.is_compiling() or not weights.requires_grad:
         # Export and inference paths: a plain graph op (exporters cannot trace autograd Functions).
-        return torch.where(weights >= 0, 1.0, -1.0).to(weights.dtype)
+        return _sign(weights)
     return _SignStraightThrough.apply(weights)
 
 
-class PrototypeProbe(Probe):
-    """Base of heads that compare every token with M prototypes and keep the best match per prototype."""
+class PrototypeProbe(Probe, ABC):
+    """Base of heads that compare every token with M prototypes and keep the best match per prototype.
+
+    A subclass defines `token_similarities` (the comparison), `classify` (descriptor -> logits) and
+    `class_contributions`; masking, the max over tokens and `forward` are shared.
+    """
 
     def __init__(self, token_dim: int, num_classes: int, global_dim: int, freq_tokens: int, prototypes_per_class: int) -> None:
         super().__init__(token_dim, num_classes, global_dim, freq_tokens)
@@ -51,25 +62,36 @@ class PrototypeProbe(Probe):
         self.prototypes_per_class = prototypes_per_class
         self.num_prototypes = num_classes * prototypes_per_class
 
+    @abstractmethod
     def prototype_vectors(self) -> torch.Tensor:
         """The vectors tokens are compared with in the forward pass: (M, D)."""
-        raise NotImplementedError
 
-    def similarities(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Similarity of every token to every prototype: (B, T, F, M); padding = -inf."""
-        raise NotImplementedError
+    @abstractmethod
+    def token_similarities(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Similarity of every token to every prototype, padding included: (B, T, F, D) -> (B, T, F, M)."""
 
-    def descriptor(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """s_m = max over valid tokens of the similarity to prototype m: (B, M)."""
-        return self.similarities(tokens, mask).amax(dim=(1, 2))
+    @abstractmethod
+    def classify(self, descriptor: torch.Tensor) -> torch.Tensor:
+        """Logits from the per-prototype maxima: (B, M) -> (B, C)."""
 
+    @abstractmethod
     def class_contributions(self, descriptor: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Additive share of every prototype in the logit of class classes[b] of clip b.
 
         descriptor: (B, M) from `descriptor`; classes: (B,) long -> (B, M). The logit is the sum of
         the shares plus the class bias. One class per row keeps memory at B x M even for 527 classes.
         """
-        raise NotImplementedError
+
+    def similarities(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Similarity of every token to every prototype: (B, T, F, M); padding = -inf."""
+        return self.token_similarities(tokens).masked_fill(~mask.unsqueeze(-1), float("-inf"))
+
+    def descriptor(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """s_m = max over valid tokens of the similarity to prototype m: (B, M)."""
+        return self.similarities(tokens, mask).amax(dim=(1, 2))
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor, global_vector: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classify(self.descriptor(tokens, mask))
 
 
 @PROBES.register("protobin", "binarized class-agnostic prototypes, max cosine over tokens, linear head")
@@ -98,16 +120,14 @@ class ProtoBinProbe(PrototypeProbe):
     def prototype_vectors(self) -> torch.Tensor:
         return binarize(self.prototypes) if self.binary else self.prototypes
 
-    def similarities(self, tokens, mask):
-        prototypes = F.normalize(self.prototype_vectors(), dim=-1)
-        sims = F.normalize(tokens, dim=-1) @ prototypes.T
-        return sims.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+    def token_similarities(self, tokens):
+        return F.normalize(tokens, dim=-1) @ F.normalize(self.prototype_vectors(), dim=-1).T
+
+    def classify(self, descriptor):
+        return self.head(self.dropout(descriptor))
 
     def class_contributions(self, descriptor, classes):
         return self.head.weight[classes] * descriptor
-
-    def forward(self, tokens, mask, global_vector=None):
-        return self.head(self.dropout(self.descriptor(tokens, mask)))
 
 
 @PROBES.register("protofloat", "protobin without binarization: float class-agnostic prototypes")
@@ -157,18 +177,17 @@ class ProtoProbe(PrototypeProbe):
     def prototype_vectors(self) -> torch.Tensor:
         return self.prototypes
 
-    def similarities(self, tokens, mask):
-        sims = torch.relu((self._with_eps(tokens) @ self._with_eps(self.prototypes).T) / 1.01)
-        return sims.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+    def token_similarities(self, tokens):
+        return torch.relu((self._with_eps(tokens) @ self._with_eps(self.prototypes).T) / 1.01)
+
+    def classify(self, descriptor):
+        per_class = descriptor.reshape(-1, self.num_classes, self.prototypes_per_class)
+        return self.bias + (torch.relu(self.class_weights) * per_class).sum(dim=-1)
 
     def class_contributions(self, descriptor, classes):
         owner = torch.arange(self.num_prototypes, device=descriptor.device) // self.prototypes_per_class
         weights = torch.relu(self.class_weights).reshape(-1)  # (M,): prototype m's weight on its own class
         return torch.where(owner[None, :] == classes[:, None], weights * descriptor, torch.zeros_like(descriptor))
-
-    def forward(self, tokens, mask, global_vector=None):
-        s = self.descriptor(tokens, mask).reshape(-1, self.num_classes, self.prototypes_per_class)
-        return self.bias + (torch.relu(self.class_weights) * s).sum(dim=-1)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
         return [

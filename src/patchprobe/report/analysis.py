@@ -122,7 +122,7 @@ def prototype_usage(probe: PrototypeProbe, data: LoadedSplit, batch_size: int = 
             best = probe.class_contributions(descriptor[clips], classes).argmax(dim=-1)
             class_wins += torch.bincount(best, minlength=probe.num_prototypes)
         descriptors.append(descriptor)
-        logits.append(probe(batch["tokens"], batch["mask"], batch["global"]))
+        logits.append(probe.classify(descriptor))  # the forward pass without recomputing similarities
     return {"token_wins": token_wins.numpy(), "class_wins": class_wins.numpy(),
             "descriptor": torch.cat(descriptors).numpy(), "logits": torch.cat(logits).numpy()}
 

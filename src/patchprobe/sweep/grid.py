@@ -25,9 +25,10 @@ def run_finished(run_dir: Path, config: TrainConfig) -> bool:
     return read_json(run_dir / "config.json")["train"] == config.model_dump()
 
 
-def _valid_score(folder: Path, metric: str, diverged=float("-inf")):
+def _valid_score(folder: Path, metric: str) -> float | None:
+    """A finished run's validation score; None when it diverged."""
     metrics = read_json(folder / "metrics.json")
-    return diverged if metrics.get("diverged") else metrics["valid"][metric]
+    return None if metrics.get("diverged") else metrics["valid"][metric]
 
 
 def fit_missing(bank: str | Path, runs: list[tuple[TrainConfig, Path]], splits: dict[str, LoadedSplit], progress: bool = True) -> None:
@@ -73,12 +74,13 @@ def grid_then_seeds(
 
     search = {name: [plan(name, lr, first) for lr in lr_grid[name]] for name in variants}
     fit_missing(bank, [run for runs in search.values() for run in runs], splits, progress)
+    valid_scores = {name: {config.lr: _valid_score(folder, metric) for config, folder in runs} for name, runs in search.items()}
     chosen = {}
-    for name, runs in search.items():
-        scored = [(_valid_score(folder, metric), config.lr) for config, folder in runs]
-        if all(score == float("-inf") for score, _ in scored):
+    for name, scores in valid_scores.items():
+        finite = [(score, lr) for lr, score in scores.items() if score is not None]
+        if not finite:
             raise FloatingPointError(f"{name}: every learning rate in {lr_grid[name]} diverged; try smaller ones")
-        chosen[name] = max(scored)[1]  # ties go to the larger rate
+        chosen[name] = max(finite)[1]  # ties go to the larger rate
     repeats = {name: [plan(name, chosen[name], seed) for seed in others] for name in variants}
     fit_missing(bank, [run for runs in repeats.values() for run in runs], splits, progress)
 
@@ -87,13 +89,14 @@ def grid_then_seeds(
         best = [run for run in search[name] if run[0].lr == chosen[name]] + repeats[name]
         finished = {config.seed: read_json(folder / "metrics.json") for config, folder in best}
         per_seed = [m for m in finished.values() if not m.get("diverged")]  # seed 0 never diverged at its chosen rate
-        tests = [m["test"][metric] for m in per_seed]
+        test_per_seed = {str(seed): m["test"][metric] for seed, m in finished.items() if not m.get("diverged")}
+        tests = list(test_per_seed.values())
         grid = lr_grid[name]
         table[name] = {
             "metric": metric,
             "test": float(np.mean(tests)),
             "test_sd": float(np.std(tests, ddof=1)) if len(tests) > 1 else 0.0,
-            "test_per_seed": {str(seed): m["test"][metric] for seed, m in finished.items() if not m.get("diverged")},
+            "test_per_seed": test_per_seed,
             "diverged_seeds": [seed for seed, m in finished.items() if m.get("diverged")],
             "valid": float(np.mean([m["valid"][metric] for m in per_seed])),
             "test_auroc": float(np.mean([m["test"]["auroc"] for m in per_seed])),
@@ -103,7 +106,6 @@ def grid_then_seeds(
             "num_parameters": per_seed[0]["num_parameters"],
             "train_seconds": float(np.mean([m["train_seconds"] for m in per_seed])),
             "run": str(best[0][1]),
-            # diverged rates show as null
-            "lr_candidates": {f"{config.lr:g}": _valid_score(folder, metric, None) for config, folder in search[name]},
+            "lr_candidates": {f"{lr:g}": score for lr, score in valid_scores[name].items()},  # diverged: null
         }
     return table
