@@ -8,7 +8,7 @@ from . import tiny_mae as _tiny_mae  # noqa: F401  (registers tiny-mae, toy-vit)
 from .base import ENCODERS, CheckpointEncoder, Encoder, EncoderOutput, create_encoder
 from .audiomae import AudioMAE, AudioMAEConfig, load_audiomae
 from .fbank_vit import ChunkedFbankViT, FbankViTConfig
-from .checkpoints import CheckpointError, load_strict, read_state_dict
+from .checkpoints import Checkpoint, CheckpointError, load_strict, read_checkpoint, require_checkpoint
 from .beats import BEATs, BEATsConfig, load_beats
 from .dasheng import Dasheng, DashengConfig, load_dasheng
 from .eat import EAT, EATConfig, load_eat
@@ -20,6 +20,6 @@ except ImportError:  # pragma: no cover
     pass
 
 __all__ = [
-    "AudioMAE", "AudioMAEConfig", "BEATs", "BEATsConfig", "CheckpointEncoder", "CheckpointError", "ChunkedFbankViT", "FbankViTConfig", "ENCODERS", "Encoder", "EncoderOutput",
-    "Dasheng", "DashengConfig", "EAT", "EATConfig", "ViTEncoder", "create_encoder", "load_audiomae", "load_beats", "load_dasheng", "load_eat", "load_strict", "read_state_dict",
+    "AudioMAE", "AudioMAEConfig", "BEATs", "BEATsConfig", "Checkpoint", "CheckpointEncoder", "CheckpointError", "ChunkedFbankViT", "FbankViTConfig", "ENCODERS", "Encoder", "EncoderOutput",
+    "Dasheng", "DashengConfig", "EAT", "EATConfig", "ViTEncoder", "create_encoder", "load_audiomae", "load_beats", "load_dasheng", "load_eat", "load_strict", "read_checkpoint", "require_checkpoint",
 ]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .base import ENCODERS, CheckpointEncoder
-from .checkpoints import CheckpointError, load_strict, read_state_dict
+from .checkpoints import CheckpointError, load_strict, read_checkpoint, require_checkpoint
 from .fbank_vit import ChunkedFbankViT, FbankViTConfig, fbank_vit_encoder
 from .vit import Block
 
@@ -73,7 +73,7 @@ def load_audiomae(checkpoint: str | Path, width: int = 768, depth: int = 12, hea
 
     Pretrained checkpoints end in `norm`; fine-tuned ones in `fc_norm` + `head` (the class head is dropped).
     """
-    state, digest = read_state_dict(checkpoint, drop_prefixes=("decoder", "mask_token", "head."))
+    state, digest, _ = read_checkpoint(checkpoint, drop_prefixes=("decoder", "mask_token", "head."))
     if "pos_embed" not in state:
         raise CheckpointError(f"{checkpoint}: no pos_embed; is this an Audio-MAE checkpoint?")
     model = AudioMAE(AudioMAEConfig(width=width, depth=depth, heads=heads, global_pool="fc_norm.weight" in state))
@@ -90,10 +90,6 @@ def _audiomae(
     checkpoint: str | None = None, layer: int | None = None, device: str = "cpu", width: int = 768, depth: int = 12, heads: int = 12,
     half: bool = False,
 ) -> CheckpointEncoder:
-    if not checkpoint:
-        raise CheckpointError(
-            "audiomae needs the official weights: download the pretrained or fine-tuned checkpoint linked from "
-            "github.com/facebookresearch/AudioMAE and pass --encoder-arg checkpoint=PATH"
-        )
+    checkpoint = require_checkpoint("audiomae", checkpoint, "the links in github.com/facebookresearch/AudioMAE")
     model, digest = load_audiomae(checkpoint, width=width, depth=depth, heads=heads)
     return fbank_vit_encoder(model, "audiomae", digest, "pooled" if model.config.global_pool else "cls", layer=layer, device=device, half=half)

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..audio import FbankConfig, kaldi_fbank
 from .base import ENCODERS, CheckpointEncoder
-from .checkpoints import CheckpointError, load_strict, read_state_dict
+from .checkpoints import CheckpointError, load_strict, read_checkpoint, require_checkpoint
 
 
 class BEATsConfig(BaseModel):
@@ -192,12 +192,8 @@ class BEATs(nn.Module):
 
 def load_beats(checkpoint: str | Path) -> tuple[BEATs, str]:
     """Build BEATs from an official `{cfg, model}` checkpoint (pretrained or fine-tuned; the predictor is dropped)."""
-    path = Path(checkpoint)
-    state, digest = read_state_dict(path, drop_prefixes=("predictor",))
-    try:
-        cfg = torch.load(path, map_location="cpu", weights_only=True).get("cfg")
-    except Exception as exc:
-        raise CheckpointError(f"{checkpoint}: cannot read the BEATs cfg ({exc})") from exc
+    state, digest, extras = read_checkpoint(checkpoint, drop_prefixes=("predictor",))
+    cfg = extras.get("cfg")
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{checkpoint}: no 'cfg' dict; BEATs checkpoints are {{'cfg': ..., 'model': ...}}")
     model = BEATs(BEATsConfig(**cfg))
@@ -211,10 +207,8 @@ def load_beats(checkpoint: str | Path) -> tuple[BEATs, str]:
     weights="github.com/microsoft/unilm/tree/master/beats (checkpoint=PATH)",
 )
 def _beats(checkpoint: str | None = None, layer: int | None = None, device: str = "cpu", half: bool = False) -> CheckpointEncoder:
-    if not checkpoint:
-        raise CheckpointError("beats needs the official weights (not on the Hugging Face hub): download BEATs_iter3.pt from the "
-                              "links in github.com/microsoft/unilm/tree/master/beats and pass --encoder-arg checkpoint=PATH")
-    model, digest = load_beats(checkpoint)
+    model, digest = load_beats(require_checkpoint(
+        "beats", checkpoint, "the links in github.com/microsoft/unilm/tree/master/beats (BEATs_iter3.pt; not on the Hugging Face hub)"))
     return CheckpointEncoder(model, "beats", digest, "pooled", model.config.encoder_embed_dim,
                              model.fbank.window_size + 15 * model.fbank.window_shift,  # one 16-frame patch
                              layer=layer, device=device, half=half)

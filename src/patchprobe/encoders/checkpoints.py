@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -15,8 +16,14 @@ class CheckpointError(PatchprobeError):
     """A checkpoint file is missing, unreadable, or does not fit the model."""
 
 
-def read_state_dict(path: str | Path, drop_prefixes: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], str]:
-    """The tensors of a checkpoint file and its content hash.
+class Checkpoint(NamedTuple):
+    state: dict[str, torch.Tensor]  # the model's tensors, prefixes stripped
+    sha256: str  # content hash, recorded in bank metadata
+    extras: dict  # other top-level entries of the file, e.g. BEATs' "cfg" or Dasheng's "config"
+
+
+def read_checkpoint(path: str | Path, drop_prefixes: tuple[str, ...] = ()) -> Checkpoint:
+    """Read a checkpoint file once: its tensors, its content hash and its other top-level entries.
 
     Handles `{"model": ...}` (Audio-MAE, Dasheng), fairseq `{"cfg", "model"}`, a bare state dict,
     DDP `module.` prefixes, and `.safetensors`. Keys starting with any of `drop_prefixes` (decoders,
@@ -34,15 +41,25 @@ def read_state_dict(path: str | Path, drop_prefixes: tuple[str, ...] = ()) -> tu
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or non-checkpoint files
         raise CheckpointError(f"{path}: cannot read as a checkpoint ({type(exc).__name__}: {exc})") from exc
+    extras: dict = {}
     for container in ("model", "state_dict", "module"):
         if isinstance(state, dict) and isinstance(state.get(container), dict):
+            extras = {key: value for key, value in state.items() if key != container}
             state = state[container]
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: no state dict of tensors found (top-level keys: {list(state)[:8]})")
     state = {key.removeprefix("module."): value for key, value in state.items()}
     state = {key: value for key, value in state.items() if not key.startswith(drop_prefixes)}
-    return state, file_hash(path)
+    return Checkpoint(state, file_hash(path), extras)
+
+
+def require_checkpoint(encoder: str, checkpoint: str | Path | None, where: str) -> str | Path:
+    """The checkpoint path, or an error saying where the encoder's official weights come from."""
+    if not checkpoint:
+        raise CheckpointError(f"{encoder} needs the official weights: download them from {where} "
+                              "and pass --checkpoint PATH (Python: checkpoint=PATH)")
+    return checkpoint
 
 
 def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from .base import ENCODERS, CheckpointEncoder
-from .checkpoints import CheckpointError, load_strict, read_state_dict
+from .checkpoints import CheckpointError, load_strict, read_checkpoint, require_checkpoint
 from .vit import Block
 
 
@@ -141,20 +141,16 @@ class Dasheng(nn.Module):
 
 def load_dasheng(checkpoint: str | Path) -> tuple[Dasheng, str]:
     """Build Dasheng from its official checkpoint `{"model": state_dict, "config": {embed_dim, depth, num_heads}}`."""
-    path = Path(checkpoint)
-    state, digest = read_state_dict(path)
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True).get("config", {})
-    except Exception:  # safetensors or a bare state dict: sizes must come from the state dict
-        raw = {}
+    state, digest, extras = read_checkpoint(checkpoint)
+    raw = extras.get("config") or {}  # absent in bare or safetensors files: sizes come from the tensors
     if "patch_embed.proj.weight" not in state:
         raise CheckpointError(f"{checkpoint}: no patch_embed.proj.weight; is this a Dasheng checkpoint?")
     width = state["patch_embed.proj.weight"].shape[0]
     depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
     heads = int(raw.get("num_heads", {768: 12, 1280: 16, 1536: 24}.get(width, 12)))
-    state.pop("init_bn.1.num_batches_tracked", None)
     model = Dasheng(DashengConfig(width=width, depth=depth, heads=heads))
-    state["init_bn.1.num_batches_tracked"] = model.init_bn[1].num_batches_tracked
+    # a counter the eval-mode BatchNorm never reads; some exports omit it
+    state.setdefault("init_bn.1.num_batches_tracked", model.init_bn[1].num_batches_tracked)
     load_strict(model, state, checkpoint)
     return model, digest
 
@@ -165,10 +161,8 @@ def load_dasheng(checkpoint: str | Path) -> tuple[Dasheng, str]:
     weights="zenodo.org/records/11511780 or mispeech/dasheng-base (checkpoint=PATH)",
 )
 def _dasheng(checkpoint: str | None = None, layer: int | None = None, device: str = "cpu", half: bool = False) -> CheckpointEncoder:
-    if not checkpoint:
-        raise CheckpointError("dasheng needs the official weights: download dasheng_base.pt from zenodo.org/records/11511780 "
-                              "(or mispeech/dasheng-base on the Hugging Face hub) and pass --encoder-arg checkpoint=PATH")
-    model, digest = load_dasheng(checkpoint)
+    model, digest = load_dasheng(require_checkpoint(
+        "dasheng", checkpoint, "zenodo.org/records/11511780 (dasheng_base.pt) or mispeech/dasheng-base on the Hugging Face hub"))
     # reflect padding in the STFT needs more than half a window of samples
     return CheckpointEncoder(model, "dasheng", digest, "pooled", model.config.width, model.config.n_fft // 2 + 1,
                              layer=layer, device=device, half=half)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .base import ENCODERS, CheckpointEncoder
-from .checkpoints import CheckpointError, load_strict, read_state_dict
+from .checkpoints import CheckpointError, load_strict, read_checkpoint, require_checkpoint
 from .fbank_vit import ChunkedFbankViT, FbankViTConfig, fbank_vit_encoder
 from .vit import Block
 
@@ -73,7 +73,7 @@ def _rename(key: str) -> str:
 def load_eat(checkpoint: str | Path, width: int = 768, depth: int = 12, heads: int = 12) -> tuple[EAT, str]:
     """Build EAT/SSLAM from a checkpoint: HF port `{config, state_dict}` with `model.` keys, or fairseq
     `{cfg, model}` with `modality_encoders.IMAGE.` keys. Decoder, EMA, fc_norm and class head are dropped."""
-    state, digest = read_state_dict(checkpoint)
+    state, digest, _ = read_checkpoint(checkpoint)
     state = {_rename(k): v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith(("decoder", "_ema", "ema", "fc_norm", "head.", "alibi"))}
     positions = state.get("fixed_positional_encoder.positions")
@@ -87,9 +87,7 @@ def load_eat(checkpoint: str | Path, width: int = 768, depth: int = 12, heads: i
 def _eat_factory(name: str, source: str):
     def factory(checkpoint: str | None = None, layer: int | None = None, device: str = "cpu",
                 width: int = 768, depth: int = 12, heads: int = 12, half: bool = False) -> CheckpointEncoder:
-        if not checkpoint:
-            raise CheckpointError(f"{name} needs the official weights: download them from {source} and pass --encoder-arg checkpoint=PATH")
-        model, digest = load_eat(checkpoint, width=width, depth=depth, heads=heads)
+        model, digest = load_eat(require_checkpoint(name, checkpoint, source), width=width, depth=depth, heads=heads)
         return fbank_vit_encoder(model, name, digest, "cls", layer=layer, device=device, half=half)
 
     return factory
