@@ -128,3 +128,23 @@ def kaldi_fbank(waveforms: torch.Tensor, config: FbankConfig | None = None) -> t
     energies = spectrum @ _mel_filters(config).to(spectrum.device).T
     out = torch.log(torch.clamp(energies, min=_EPS))
     return out[0] if squeeze else out
+
+
+def clip_fbank(
+    waveforms: torch.Tensor, lengths: torch.Tensor, config: FbankConfig, remove_mean: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fbank of a zero-padded batch, each clip treated as if alone.
+
+    Args:
+        waveforms: (B, N) zero-padded; lengths: (B,) true sample counts.
+        remove_mean: subtract each clip's mean over its own samples first (the Audio-MAE/EAT recipe).
+    Returns:
+        (fbank (B, frames_max, mel), frames (B,) true frame counts); rows past a clip's own frames
+        are computed from padding and are for the caller to mask or zero.
+    """
+    if remove_mean:
+        valid = torch.arange(waveforms.shape[1], device=waveforms.device)[None, :] < lengths[:, None]
+        means = (waveforms * valid).sum(1, keepdim=True) / lengths[:, None].clamp(min=1)
+        waveforms = (waveforms - means) * valid
+    frames = torch.tensor([config.num_frames(int(n)) for n in lengths], device=waveforms.device)
+    return kaldi_fbank(waveforms, config), frames

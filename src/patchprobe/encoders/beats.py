@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from ..audio import FbankConfig, kaldi_fbank
+from ..audio import FbankConfig, clip_fbank
 from .base import ENCODERS, CheckpointEncoder
 from .checkpoints import CheckpointError, load_strict, read_checkpoint, require_checkpoint
 
@@ -155,8 +155,7 @@ class BEATs(nn.Module):
 
     def spectrogram(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, N) -> normalised fbank (B, frames, 128) and true frame counts (B,)."""
-        spec = kaldi_fbank(waveforms * 2**15, self.fbank)
-        frames = torch.tensor([self.fbank.num_frames(int(n)) for n in lengths], device=spec.device)
+        spec, frames = clip_fbank(waveforms * 2**15, lengths, self.fbank, remove_mean=False)
         return (spec - self.config.fbank_mean) / (2 * self.config.fbank_std), frames
 
     def forward_spectrogram(self, spec: torch.Tensor, frames: torch.Tensor | None = None, layer: int | None = None):

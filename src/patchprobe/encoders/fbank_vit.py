@@ -9,13 +9,14 @@ clip's end are masked. A subclass defines its parameters, `forward_chunks` and `
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from ..audio import FbankConfig, kaldi_fbank
+from ..audio import FbankConfig, clip_fbank
 from .base import CheckpointEncoder
 
 
@@ -37,7 +38,7 @@ class FbankViTConfig(BaseModel):
         return self.target_frames // self.patch_size, self.num_mel_bins // self.patch_size
 
 
-class ChunkedFbankViT(nn.Module):
+class ChunkedFbankViT(nn.Module, ABC):
     """Base: front-end, chunking, masks and per-chunk pooling around a subclass's `forward_chunks`."""
 
     config: FbankViTConfig
@@ -47,9 +48,9 @@ class ChunkedFbankViT(nn.Module):
         self.config = config
         self.fbank = FbankConfig(sample_rate=16000, num_mel_bins=config.num_mel_bins)
 
+    @abstractmethod
     def forward_chunks(self, spec: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         """spec: (N, frames, 128) normalised -> sequence (N, 1 + T' * 8, D), [cls] first, after block `layer`."""
-        raise NotImplementedError
 
     def pool(self, sequence: torch.Tensor) -> torch.Tensor:
         """The model's own clip vector from one chunk's sequence: (N, 1 + T' * 8, D) -> (N, D)."""
@@ -70,11 +71,7 @@ class ChunkedFbankViT(nn.Module):
             (spec (B, K, 1024, 128), frames (B,)): K chunks per clip (the longest clip's count);
             frames past a clip's end hold the recipe's zero padding (applied before normalisation).
         """
-        positions = torch.arange(waveforms.shape[1], device=waveforms.device)[None, :]
-        valid = positions < lengths[:, None]
-        means = (waveforms * valid).sum(1, keepdim=True) / lengths[:, None].clamp(min=1)
-        spec = kaldi_fbank((waveforms - means) * valid, self.fbank)
-        frames = torch.tensor([self.fbank.num_frames(int(n)) for n in lengths], device=spec.device)
+        spec, frames = clip_fbank(waveforms, lengths, self.fbank)
         spec = spec * (torch.arange(spec.shape[1], device=spec.device)[None, :] < frames[:, None])[..., None]
         target = self.config.target_frames
         chunks = max(1, math.ceil(int(frames.max()) / target))

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from ..audio import FbankConfig, kaldi_fbank
+from ..audio import FbankConfig, clip_fbank
 
 
 class ViTConfig(BaseModel):
@@ -132,13 +132,8 @@ class SpectrogramViT(nn.Module):
             (spec (B, T_pad, num_mel_bins), frames (B,) true frame counts); frames past a clip's
             end are zero (the normalised mean), so they never depend on what else is in the batch.
         """
-        positions = torch.arange(waveforms.shape[1], device=waveforms.device)[None, :]
-        valid = positions < lengths[:, None]
-        means = (waveforms * valid).sum(1, keepdim=True) / lengths[:, None].clamp(min=1)
-        centred = (waveforms - means) * valid
-        spec = kaldi_fbank(centred, self.fbank)
+        spec, frames = clip_fbank(waveforms, lengths, self.fbank)
         spec = (spec - self.config.fbank_mean) / (2 * self.config.fbank_std)
-        frames = torch.tensor([self.fbank.num_frames(int(n)) for n in lengths], device=spec.device)
         spec = spec * (torch.arange(spec.shape[1], device=spec.device)[None, :] < frames[:, None])[..., None]
         p = self.config.patch_size
         pad = (-spec.shape[1]) % p
