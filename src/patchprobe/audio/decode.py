@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -13,18 +14,31 @@ from ..errors import AudioError
 
 def _require_file(path: str | Path) -> Path:
     path = Path(path)
+    if path.is_dir():
+        raise AudioError(path, "is a folder, not an audio file; check the manifest's `path` column")
     if not path.exists():
-        raise AudioError(path, "file not found; check the manifest's `path` column (paths are relative to the manifest)")
+        hint = ""
+        stripped = Path(*[part.strip() for part in path.parts]) if path.parts else path
+        if stripped != path and stripped.is_file():
+            hint = (f"; {stripped} (without the spaces around a name) exists: the manifest's `path` has leading or "
+                    "trailing spaces, remove them (paths are used exactly as written)")
+        raise AudioError(path, "file not found; check the manifest's `path` column (paths are relative to the manifest)" + hint)
     return path
 
 
+_CANNOT_DECODE = "cannot decode audio ({}); re-encode it as wav/flac/ogg"
+_TRUNCATED_ADVICE = "the file is truncated (an interrupted copy or download?): copy it again, or leave it out with --skip-bad"
+
+
 def check_audio_file(path: str | Path) -> None:
-    """Raise AudioError unless `path` exists and its header reads as audio (no decoding)."""
+    """Raise AudioError unless `path` exists, its header reads as audio, and (WAV/AIFF) the file holds as much
+    audio data as its header declares. No decoding."""
     path = _require_file(path)
     try:
-        sf.info(str(path))
+        info = sf.info(str(path))
     except Exception as exc:  # libsndfile raises several types; all mean "cannot decode"
-        raise AudioError(path, f"cannot decode audio ({exc}); re-encode it as wav/flac/ogg") from exc
+        raise AudioError(path, _CANNOT_DECODE.format(exc)) from exc
+    _check_declared_length(path, info.frames, info.samplerate)
 
 
 def load_audio(path: str | Path, target_sr: int | None = None, min_samples: int = 1) -> tuple[np.ndarray, int]:
@@ -39,17 +53,101 @@ def load_audio(path: str | Path, target_sr: int | None = None, min_samples: int 
         (waveform (N,) float32, sample_rate)
 
     Raises:
-        AudioError: naming the file, when it is missing, unreadable, empty, holds NaN/inf,
-            or is shorter than `min_samples` after resampling.
+        AudioError: naming the file, when it is missing, unreadable, empty, truncated (fewer frames than its
+            header declares), holds NaN/inf, or is shorter than `min_samples` after resampling.
     """
     path = _require_file(path)
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        sound = sf.SoundFile(str(path))
     except Exception as exc:  # libsndfile raises several types; all mean "cannot decode"
-        raise AudioError(path, f"cannot decode audio ({exc}); re-encode it as wav/flac/ogg") from exc
+        raise AudioError(path, _CANNOT_DECODE.format(exc)) from exc
+    with sound:
+        sr, declared = sound.samplerate, sound.frames
+        try:
+            data = sound.read(dtype="float32", always_2d=True)
+        except Exception as exc:  # the header read, the data does not: cut off or damaged after it (e.g. FLAC "lost sync")
+            raise AudioError(path, f"the header reads ({_frames(declared, sr)}) but decoding fails ({exc}); the file is "
+                                   "damaged or truncated: copy it again, or leave it out with --skip-bad") from exc
+    _check_declared_length(path, declared, sr)
+    if 0 < data.shape[0] < declared:  # e.g. MP3: the header's frame count is the promise, decoding stops early
+        raise AudioError(path, f"the header declares {_frames(declared, sr)} but only {_frames(data.shape[0], sr)} "
+                               f"decode; {_TRUNCATED_ADVICE}")
     if data.shape[0] == 0:
         raise AudioError(path, "file holds no samples (empty audio)")
     return prepare_waveform(data, sr, target_sr, source=path, min_samples=min_samples)
+
+
+def _frames(count: int, sr: int) -> str:
+    return f"{count} frames ({count / sr:.3f} s)" if sr > 0 else f"{count} frames"
+
+
+def _check_declared_length(path: Path, found_frames: int, sr: int) -> None:
+    """WAV and AIFF: libsndfile quietly shortens a file whose data chunk is cut off (it reports the frames that are
+    there), so compare the data chunk's declared size with the bytes the file holds."""
+    try:
+        shortfall = _data_chunk_shortfall(path)
+    except OSError:
+        return  # unreadable here means unreadable for libsndfile too, which has already said so
+    if shortfall is None:
+        return
+    declared_bytes, held_bytes, frames_declared = shortfall
+    estimated = frames_declared is None and held_bytes > 0
+    if estimated:  # e.g. compressed WAV: scale the frames found by the missing share
+        frames_declared = int(round(found_frames * declared_bytes / held_bytes))
+    expected = "more frames" if frames_declared is None else _frames(frames_declared, sr)
+    if estimated:
+        expected = "about " + expected
+    raise AudioError(path, f"the header declares {expected} ({declared_bytes} bytes of audio data) but the file holds "
+                           f"{_frames(found_frames, sr)} ({held_bytes} bytes); {_TRUNCATED_ADVICE}")
+
+
+def _data_chunk_shortfall(path: Path) -> tuple[int, int, int | None] | None:
+    """(declared data bytes, bytes held, declared frames or None) when a RIFF/RIFX WAV's `data` chunk or an
+    AIFF's `SSND` chunk is longer than what follows it in the file; None when the file is whole, is another
+    format, or declares no usable size (streamed WAVs write 0 or 0xFFFFFFFF)."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+        if len(head) < 12:
+            return None
+        if head[:4] in (b"RIFF", b"RIFX") and head[8:12] == b"WAVE":
+            order, audio_chunk = ("<" if head[:4] == b"RIFF" else ">"), b"data"
+        elif head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+            order, audio_chunk = ">", b"SSND"
+        else:
+            return None
+        block_align, frames_declared, offset = 0, None, 12
+        for _ in range(256):  # chunks before the audio: fmt, fact, LIST, bext, JUNK, COMM, ...
+            handle.seek(offset)
+            chunk = handle.read(8)
+            if len(chunk) < 8:
+                return None
+            chunk_id, chunk_size = chunk[:4], struct.unpack(order + "I", chunk[4:])[0]
+            if chunk_id == b"fmt " and chunk_size >= 14:
+                body = handle.read(14)
+                if len(body) < 14:
+                    return None
+                tag, _, _, _, block_align = struct.unpack(order + "HHIIH", body)
+                block_align = block_align if tag in _PCM_TAGS else 0
+            elif chunk_id == b"COMM" and chunk_size >= 6:
+                body = handle.read(6)
+                if len(body) < 6:
+                    return None
+                frames_declared = struct.unpack(">hI", body)[1]
+            elif chunk_id == audio_chunk:
+                held = size - (offset + 8)
+                if chunk_size in (0, 0xFFFFFFFF) or held >= chunk_size:
+                    return None
+                if audio_chunk == b"SSND":  # its data starts with 8 bytes of offset and block size
+                    chunk_size, held = max(chunk_size - 8, 0), held - 8
+                if audio_chunk == b"data" and block_align:
+                    frames_declared = chunk_size // block_align
+                return chunk_size, max(held, 0), frames_declared
+            offset += 8 + chunk_size + (chunk_size & 1)
+    return None
+
+
+_PCM_TAGS = {0x0001, 0x0003, 0x0006, 0x0007, 0xFFFE}  # PCM, IEEE float, A-law, mu-law, extensible: fixed bytes per frame
 
 
 def prepare_waveform(
