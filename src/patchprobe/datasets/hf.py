@@ -1,13 +1,15 @@
-"""Datasets read through Hugging Face `datasets` (optional extra `hf`), from the hub or a local copy.
+"""Benchmark datasets as clip records over their sources: Parquet/`save_to_disk` tables read through
+Hugging Face `datasets` (optional extra `hf`), or plain audio files.
 
 Audio is never decoded by `datasets` (that would need torchcodec): the audio column is read as its
 stored bytes or path and decoded with soundfile, then resampled with soxr like every other clip.
-Clips are records (source split, row, optional time window, label names), so one recording can give
-several clips (BirdSet event windows, Speech Commands' sliced noise files).
+Clips are records (a source row or an audio file, an optional time window, label names), so one
+recording can give several clips (BirdSet event windows, Speech Commands' sliced noise files).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 from dataclasses import dataclass
@@ -23,7 +25,10 @@ from .base import SPLITS, Clip, ListedDataset
 
 @dataclass(frozen=True)
 class ClipRecord:
-    """One clip of a hub dataset: `row` of `source_split`, optionally the window [start, end) seconds."""
+    """One clip of a benchmark dataset, optionally the window [start, end) seconds of its audio.
+
+    The audio is `path` (an audio file) when set, else the audio column of `row` of `source_split`.
+    """
 
     clip_id: str
     split: str
@@ -32,6 +37,32 @@ class ClipRecord:
     labels: tuple[str, ...]
     start: float | None = None
     end: float | None = None
+    path: str | None = None
+
+    def moved_to(self, split: str) -> "ClipRecord":
+        return dataclasses.replace(self, split=split)
+
+
+@dataclass
+class Built:
+    """What a benchmark builder makes of its source.
+
+    Attributes:
+        classes: the ordered class list.
+        records: every clip with its split.
+        audio_of: (source split, row) -> audio entry for records without a path (None if all have one).
+        root: folder relative audio paths resolve against.
+        source_rows: rows (or files) per split of the source as published, before our protocol
+            (compared with the dataset card's counts by `patchprobe datasets check`).
+        extra: provenance saved in bank.json beside the options (e.g. the k-shot draw's size).
+    """
+
+    classes: list[str]
+    records: list[ClipRecord]
+    audio_of: object = None
+    root: Path | None = None
+    source_rows: dict[str, int] = dataclasses.field(default_factory=dict)
+    extra: dict = dataclasses.field(default_factory=dict)
 
 
 def _import_datasets():
@@ -42,20 +73,25 @@ def _import_datasets():
     return datasets
 
 
-def open_source(key: str, hub_id: str, config: str | None, data_dir: str | Path | None) -> dict:
+def open_source(key: str, hub_id: str, config: str | None, data_dir: str | Path | None,
+                layout: dict[str, str] | None = None, fetch_hint: str = "") -> dict:
     """The source's splits as `datasets.Dataset`s, with every Audio column set to decode=False.
 
     Args:
         key: our dataset key (for messages).
-        hub_id, config: the hub repository and configuration.
-        data_dir: a local copy instead of the hub: a `save_to_disk` folder, or a folder of Parquet
-            files named `<split>-*.parquet` (the hub's layout; sub-folders are searched).
+        hub_id, config: the hub repository and configuration (used when there is no `data_dir`).
+        data_dir: a local copy instead of the hub: a `save_to_disk` folder, or the repository's
+            Parquet files.
+        layout: split name -> glob of its Parquet files relative to `data_dir` (the repository's own
+            layout, as its card's config declares it); without one, files named `<split>-*.parquet`
+            are grouped by that prefix (sub-folders searched).
+        fetch_hint: the command that fetches a local copy, for messages.
     Raises:
         DatasetError naming what to download and where to put it.
     """
     datasets = _import_datasets()
-    fetch = (f"`hf download {hub_id} --repo-type dataset --local-dir DIR` (the Parquet files"
-             f"{f' of config {config}' if config else ''}), then pass --data-dir DIR")
+    fetch = fetch_hint or (f"`hf download {hub_id} --repo-type dataset --local-dir DIR` (the Parquet files"
+                           f"{f' of config {config}' if config else ''}), then pass --data-dir DIR")
     if data_dir is not None:
         root = Path(data_dir)
         if not root.exists():
@@ -64,8 +100,10 @@ def open_source(key: str, hub_id: str, config: str | None, data_dir: str | Path 
         if (root / "dataset_dict.json").exists() or (root / "state.json").exists():
             loaded = datasets.load_from_disk(str(root))
             splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
+        elif layout:
+            splits = _load_layout(datasets, key, root, layout, fetch)
         else:
-            splits = _load_parquet(datasets, key, root, config, fetch)
+            splits = _load_parquet(datasets, key, root, fetch)
     else:
         try:
             loaded = datasets.load_dataset(hub_id, config) if config else datasets.load_dataset(hub_id)
@@ -77,19 +115,45 @@ def open_source(key: str, hub_id: str, config: str | None, data_dir: str | Path 
     return {name: _without_decoding(datasets, split) for name, split in splits.items()}
 
 
-def _load_parquet(datasets, key: str, root: Path, config: str | None, fetch: str) -> dict:
-    files = sorted(root.rglob("*.parquet"))
-    if config:  # a multi-config repo keeps each config in its own folder
-        in_config = [f for f in files if config.lower() in (part.lower() for part in f.relative_to(root).parts[:-1])]
-        files = in_config or files
+def _load_layout(datasets, key: str, root: Path, layout: dict[str, str], fetch: str) -> dict:
+    found = {split: sorted(str(f) for f in root.glob(pattern)) for split, pattern in layout.items()}
+    missing = [f"{split} ({layout[split]})" for split, files in found.items() if not files]
+    if missing:
+        present = sorted(str(f.relative_to(root)) for f in root.rglob("*.parquet"))[:8]
+        raise DatasetError(f"{key}: under {root} no Parquet files for split(s) {', '.join(missing)}; found "
+                           f"{present or 'no Parquet files'}. Get them with {fetch}")
+    return dict(datasets.load_dataset("parquet", data_files=found))
+
+
+def _load_parquet(datasets, key: str, root: Path, fetch: str) -> dict:
     by_split: dict[str, list[str]] = {}
-    for file in files:
-        match = re.match(r"([A-Za-z0-9_]+?)(?:[-.]\d|-|$)", file.stem)
-        split = match.group(1) if match else file.stem
-        by_split.setdefault(split, []).append(str(file))
+    for file in sorted(root.rglob("*.parquet")):
+        match = re.match(r"([A-Za-z_]+?)(?:[-.]\d|-|$)", file.stem)
+        if match:
+            by_split.setdefault(match.group(1), []).append(str(file))
     if not by_split:
-        raise DatasetError(f"{key}: no Parquet files and no save_to_disk folder under {root}. Get them with {fetch}")
+        raise DatasetError(f"{key}: no Parquet files named <split>-*.parquet and no save_to_disk folder under {root}. "
+                           f"Get them with {fetch}")
     return dict(datasets.load_dataset("parquet", data_files=by_split))
+
+
+def describe_sources(sources: dict) -> str:
+    """What a source holds, for error messages: each split with its rows and columns (with types)."""
+    parts = []
+    for name, split in sources.items():
+        columns = ", ".join(f"{column}: {_type_name(feature)}" for column, feature in split.features.items())
+        parts.append(f"{name} ({len(split)} rows; {columns})")
+    return "; ".join(parts) or "no splits"
+
+
+def _type_name(feature) -> str:
+    kind = type(feature).__name__
+    if kind == "Value":
+        return feature.dtype
+    inner = getattr(feature, "feature", None)
+    if isinstance(feature, list) and feature:
+        inner, kind = feature[0], "List"
+    return f"{kind}({_type_name(inner)})" if inner is not None else kind
 
 
 def _without_decoding(datasets, split):
@@ -185,15 +249,30 @@ def decode_entry(entry, target_sr: int | None, clip_id: str, root: Path | None =
     return prepare_waveform(samples, sr, target_sr, source=clip_id)
 
 
+class TableAudio:
+    """The audio entry of a row of a `datasets` source split, reading only the audio column."""
+
+    def __init__(self, sources: dict) -> None:
+        self._sources = sources
+        self._audio: dict = {}
+
+    def __call__(self, source_split: str, row: int):
+        if source_split not in self._audio:
+            source = self._sources[source_split]
+            self._audio[source_split] = source.select_columns([audio_column(source)])
+        return next(iter(self._audio[source_split][row].values()))
+
+
 class HubDataset(ListedDataset):
-    """Clips defined by `ClipRecord`s over splits of a Hugging Face dataset.
+    """Clips defined by `ClipRecord`s over the rows or audio files of a benchmark source.
 
     Args:
         name: dataset key recorded in banks.
         classes: the ordered class list.
         multilabel: task type.
         records: every clip, each with its split.
-        sources: source split name -> `datasets.Dataset` (audio not decoded).
+        audio_of: (source split, row) -> audio entry, for records without a `path`
+            (e.g. `TableAudio(sources)`); None when every record is an audio file.
         provenance: how to rebuild this dataset (source id, options, data_dir, sampled ids...),
             saved in bank.json.
         root: folder that relative audio paths are resolved against.
@@ -201,7 +280,7 @@ class HubDataset(ListedDataset):
 
     split_error = DatasetError
 
-    def __init__(self, name: str, classes: list[str], multilabel: bool, records: list[ClipRecord], sources: dict,
+    def __init__(self, name: str, classes: list[str], multilabel: bool, records: list[ClipRecord], audio_of,
                  provenance: dict, root: Path | None = None, metrics: list[str] | None = None) -> None:
         self.name = name
         self._metrics = metrics
@@ -212,8 +291,7 @@ class HubDataset(ListedDataset):
             raise DatasetError(f"{name}: clip id {duplicate!r} occurs twice")
         ids = {split: [r.clip_id for r in records if r.split == split] for split in SPLITS}
         self._set_clips(classes, multilabel, ids, {r.clip_id: r.labels for r in records})
-        self._sources = sources
-        self._audio = {}
+        self._audio_of = audio_of
         self._provenance = provenance
         self._root = root
 
@@ -221,10 +299,9 @@ class HubDataset(ListedDataset):
         return self._records[clip_id]
 
     def audio_entry(self, record: ClipRecord):
-        if record.source_split not in self._audio:
-            source = self._sources[record.source_split]
-            self._audio[record.source_split] = source.select_columns([audio_column(source)])
-        return next(iter(self._audio[record.source_split][record.row].values()))
+        if record.path is not None:
+            return {"bytes": None, "path": record.path}
+        return self._audio_of(record.source_split, record.row)
 
     def check_audio(self, clip_id: str) -> None:
         entry_seconds(self.audio_entry(self._records[clip_id]), clip_id, self._root)
