@@ -98,6 +98,7 @@ def extract(
     multilabel: Optional[bool] = typer.Option(None, "--multilabel/--multiclass", help="override the inferred task type (manifests)"),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="leave out clips that fail validation or decoding, and record them in the bank"),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="check every clip's labels and audio header before extracting"),
+    strict: bool = typer.Option(False, "--strict", help="make data-hygiene warnings errors (the same audio in two splits, classes without training clips)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
     """Build (or resume) a token-map bank from a manifest, a benchmark dataset, or class folders."""
@@ -114,7 +115,10 @@ def extract(
             options = _parse_pairs(dataset_arg, "--dataset-arg")
             data = create_dataset(dataset, data_dir=data_dir, **options)
         if validate:
-            data = checked(data, skip_bad=skip_bad, splits=split, progress=not quiet)
+            data = checked(data, skip_bad=skip_bad, splits=split, progress=not quiet, strict=strict,
+                           warn=lambda text: console.print(f"[yellow]warning:[/yellow] {escape(text)}"))
+        elif strict:
+            raise typer.BadParameter("--strict needs validation; drop --no-validate")
         if augment_variants:
             data = MixupAugmented(data, MixupConfig(variants=augment_variants))
         chosen_layer = int(layer) if layer and layer.lstrip("-").isdigit() else layer
