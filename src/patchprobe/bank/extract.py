@@ -9,12 +9,11 @@ import numpy as np
 import torch
 
 from .. import __version__
-from .._io import read_json, write_json
 from .._progress import ProgressBar
 from ..datasets import AudioDataset
 from ..encoders import Encoder
 from ..errors import AudioError, BankError
-from .store import SplitMeta, SplitWriter
+from .store import Bank, SplitMeta, SplitWriter
 
 
 def _batches(ids: list[str], size: int) -> Iterator[list[str]]:
@@ -54,7 +53,6 @@ def extract_bank(
     if dtype not in ("float16", "float32"):
         raise BankError(f"dtype {dtype!r} not supported; use float16 or float32")
     root = Path(bank)
-    root.mkdir(parents=True, exist_ok=True)
     header = {
         "encoder": encoder.name,
         "encoder_config_hash": encoder.config_hash(),
@@ -62,19 +60,12 @@ def extract_bank(
         "classes": dataset.classes,
         "multilabel": dataset.multilabel,
         "library_version": __version__,
+        "source": dataset.source(),
     }
-    if (root / "bank.json").exists():
-        existing = read_json(root / "bank.json")
-        for key in ("encoder", "encoder_config_hash", "dataset", "classes"):
-            if existing.get(key) != header[key]:
-                raise BankError(
-                    f"{root}: bank.json has {key}={existing.get(key)!r} but this extraction has {header[key]!r}; "
-                    "a bank holds one encoder config and one dataset. Use a new --bank folder."
-                )
-    else:
-        write_json(root / "bank.json", {**header, "source": dataset.source()})
+    splits = splits or dataset.splits
+    Bank.create_or_check(root, header, splits)
     batch_size = batch_size or encoder.default_batch_size
-    for split in splits or dataset.splits:
+    for split in splits:
         _extract_split(dataset, encoder, root / split, split, batch_size, chunk_clips, dtype, skip_bad, progress)
     return root
 

@@ -181,6 +181,14 @@ class BankSplit:
             for row, (clip_id, length) in enumerate(zip(chunk.clip_ids, chunk.lengths)):
                 where[clip_id] = (slot, row, offset, length)
                 offset += length
+        skipped = self.meta.skipped
+        self.missing = [c for c in self.meta.clip_ids if c not in where and c not in skipped]
+        if self.missing and not allow_incomplete:
+            raise BankError(
+                f"{self.dir}: {len(self.missing)} of {len(self.meta.clip_ids) - len(skipped)} clips are missing "
+                f"(first: {self.missing[:3]}); a chunk was lost or deleted. Rerun the same `patchprobe extract` "
+                "command: it rebuilds the missing clips."
+            )
         all_labels = np.load(self.dir / "labels.npy")
         keep = [i for i, clip_id in enumerate(self.meta.clip_ids) if clip_id in where]
         self.clip_ids = [self.meta.clip_ids[i] for i in keep]
@@ -260,8 +268,17 @@ class LoadedSplit:
         }
 
 
+# bank.json keys that must match for an extraction to add to (or resume) an existing bank.
+IDENTITY_KEYS = ("encoder", "encoder_config_hash", "dataset", "classes")
+
+
 class Bank:
-    """A bank root: `bank.json` plus one folder per split."""
+    """A bank root: `bank.json` plus one folder per split.
+
+    bank.json holds the identity shared by the splits (`IDENTITY_KEYS`, task type, library version,
+    the dataset's `source`) and `splits`: every split an extraction was asked for, so a bank whose
+    extraction stopped before reaching a split is not mistaken for a complete one.
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -269,6 +286,54 @@ class Bank:
             hint = " (it looks like a split folder; pass its parent)" if (self.root / "meta.json").exists() else ""
             raise BankError(f"{self.root}: not a bank (no bank.json){hint}; build one with `patchprobe extract`")
         self.info = read_json(self.root / "bank.json")
+
+    @classmethod
+    def create_or_check(cls, root: str | Path, header: dict, splits: list[str]) -> "Bank":
+        """Open the bank at `root` for an extraction of `splits` described by `header`, creating it if needed.
+
+        A new bank gets `bank.json` = header + {"splits": splits}. An existing one must match the header
+        on `IDENTITY_KEYS` (else BankError: a bank holds one encoder config and one dataset); the
+        requested splits are added to its recorded `splits`.
+        """
+        root = Path(root)
+        path = root / "bank.json"
+        if path.exists():
+            bank = cls(root)
+            for key in IDENTITY_KEYS:
+                if bank.info.get(key) != header.get(key):
+                    raise BankError(
+                        f"{root}: bank.json has {key}={bank.info.get(key)!r} but this extraction has {header.get(key)!r}; "
+                        "a bank holds one encoder config and one dataset. Use a new --bank folder."
+                    )
+            recorded = list(bank.info.get("splits") or bank.splits)
+            wanted = recorded + [s for s in splits if s not in recorded]
+            if wanted != bank.info.get("splits"):
+                bank.info = {**bank.info, "splits": wanted}
+                write_json(path, bank.info)
+            return bank
+        root.mkdir(parents=True, exist_ok=True)
+        write_json(path, {**header, "splits": list(splits)})
+        return cls(root)
+
+    @property
+    def expected_splits(self) -> list[str]:
+        """Splits this bank should hold: those recorded in bank.json (banks written before it was recorded: those present)."""
+        return list(self.info.get("splits") or self.splits)
+
+    def is_complete(self) -> bool:
+        """True when every expected split exists, finished extracting, and holds every clip it should.
+
+        A split holds every clip it should when its commit records cover `meta.clip_ids` less the
+        clips skipped as bad. Cheap (reads metadata and commit records, no token data); any unreadable
+        or inconsistent file counts as incomplete.
+        """
+        try:
+            expected = self.expected_splits
+            return bool(expected) and all(
+                name in self.splits and BankSplit(self.root / name).meta.complete for name in expected
+            )
+        except (BankError, OSError, ValueError, KeyError, TypeError):
+            return False
 
     @property
     def splits(self) -> list[str]:
