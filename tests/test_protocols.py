@@ -18,16 +18,24 @@ from .conftest import write_manifest
 
 
 def test_events_come_from_the_largest_non_noise_cluster():
+    """BirdSet's XCEventMapping (birdset/datamodule/components/event_mapping.py): noise (-1) masked out
+    unless it is the only event, the most frequent cluster kept (ties: the lowest id), else [0, 5]."""
     events = [[1, 2], [3, 4], [5, 6], [7, 8], [0.5, 0.7]]
     assert recording_events(events, [2, 1, 2, -1, -1]) == [(1.0, 2.0), (5.0, 6.0)]
-    assert recording_events(events, [-1] * 5) == [(0.0, 5.0)]  # only noise: the default event
+    assert recording_events(events[:2], [3, 1]) == [(3.0, 4.0)]  # a tie: the lowest cluster id
+    assert recording_events(events, [-1] * 5) == [(0.0, 5.0)]  # several events, all noise: the default event
+    assert recording_events([[1.0, 2.0]], [-1]) == [(1.0, 2.0)]  # a lone noise event is kept
     assert recording_events([], []) == [(0.0, 5.0)]
 
 
-def test_event_windows_are_5s_inside_the_clamped_8s_pad():
-    assert event_window((10.0, 11.0), 30.0) == (8.0, 13.0)  # centred
-    assert event_window((0.2, 0.6), 30.0) == (0.0, 5.0)  # clamped at the start: the window starts at 0
-    assert event_window((28.0, 29.5), 30.0) == (24.875, 29.875)  # clamped at the end: centred in [24.75, 30]
+def test_event_windows_follow_birdsets_time_shifting():
+    """EventDecoding._time_shifting: extend to extension_time (6 s default) around the event, clamp, shift
+    back inside at an edge; the 5 s window sits in the middle of the allowed starts (BirdSet draws it)."""
+    assert event_window((10.0, 11.0), 30.0) == (8.0, 13.0)  # region [7.5, 13.5]: starts 7.5..8.5
+    assert event_window((10.0, 11.0), 30.0, extension=8.0) == (8.0, 13.0)  # region [6.5, 14.5]: starts 6.5..9.5
+    assert event_window((0.2, 0.6), 30.0) == (0.5, 5.5)  # clamped at 0, shifted to [0, 6]: starts 0..1
+    assert event_window((28.0, 29.5), 30.0) == (24.5, 29.5)  # clamped at the end: [24, 30], starts 24..25
+    assert event_window((2.0, 12.0), 30.0) == (4.5, 9.5)  # longer than 6 s: kept, window centred in it
     assert event_window((1.0, 2.0), 3.0) == (0.0, 3.0)  # a recording shorter than 5 s gives all of it
 
 

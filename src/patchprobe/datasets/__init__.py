@@ -5,6 +5,7 @@ from . import benchmark as _benchmark  # noqa: F401  (registers as20k ... sc2)
 from .augment import MixupAugmented, MixupConfig
 from .base import DATASETS, SPLITS, AudioDataset, Clip
 from .benchmark import SPECS, DatasetSpec, build_benchmark
+from .check import DatasetCheck, check_dataset
 from .birdset import event_window, kshot_subset, recording_events
 from .folder import FolderDataset
 from .hf import ClipRecord, HubDataset
@@ -35,8 +36,8 @@ def create_dataset(name: str, **kwargs) -> AudioDataset:
 
 
 __all__ = [
-    "DATASETS", "EVENT_CLASSES", "SPECS", "SPLITS", "AudioDataset", "Clip", "ClipRecord", "DatasetSpec", "FilteredDataset",
+    "DATASETS", "EVENT_CLASSES", "SPECS", "SPLITS", "AudioDataset", "Clip", "ClipRecord", "DatasetCheck", "DatasetSpec", "FilteredDataset",
     "FolderDataset", "HubDataset", "ManifestDataset", "MixupAugmented", "MixupConfig", "SyntheticConfig", "ValidationReport",
-    "build_benchmark", "checked", "create_dataset", "reopen_dataset", "event_window", "kshot_subset", "load_synthetic_dataset", "recording_events",
+    "build_benchmark", "check_dataset", "checked", "create_dataset", "reopen_dataset", "event_window", "kshot_subset", "load_synthetic_dataset", "recording_events",
     "synthesize_clip", "validate_dataset", "write_synthetic_dataset",
 ]

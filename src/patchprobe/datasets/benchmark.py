@@ -174,7 +174,9 @@ def _sc2(spec: DatasetSpec, data_dir, options: dict) -> Built:
 
 
 def _fsd50k(spec: DatasetSpec, data_dir, options: dict) -> Built:
-    return build_fsd50k(spec.key, data_dir, options)
+    built = build_fsd50k(spec.key, data_dir, options)
+    built.records = _carve_valid(built.records, options["valid_fraction"], options["seed"])
+    return built
 
 
 def _birdset(spec: DatasetSpec, data_dir, options: dict) -> Built:

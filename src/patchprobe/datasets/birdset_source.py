@@ -16,6 +16,7 @@ pyarrow and unpack the shards once, flat, next to them (`--data-dir`) or next to
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,9 +181,12 @@ def build_birdset(key: str, config: str, data_dir, options: dict) -> Built:
     def path_of(entry) -> str | None:
         return entry if isinstance(entry, str) else None
 
-    records = [ClipRecord(f"train/{e.row}@{e.start:g}-{e.end:g}", "train", "train", e.row,
-                          tuple(dict.fromkeys(train.labels[e.row] or [e.label])), e.start, e.end, path_of(train.audio[e.row]))
-               for e in events]
+    records, taken = [], Counter()
+    for e in events:
+        clip_id = f"train/{e.row}@{e.start:g}-{e.end:g}"
+        taken[clip_id] += 1  # two events of a short recording can share a window: both are samples
+        records.append(ClipRecord(clip_id if taken[clip_id] == 1 else f"{clip_id}~{taken[clip_id]}", "train", "train", e.row,
+                                  tuple(dict.fromkeys(train.labels[e.row] or [e.label])), e.start, e.end, path_of(train.audio[e.row])))
     for row, labels in enumerate(test.labels):
         start, end = test.start_time[row], test.end_time[row]
         window = f"@{start:g}-{end:g}" if start is not None and end is not None else ""
