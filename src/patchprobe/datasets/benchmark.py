@@ -204,6 +204,8 @@ def _coerce(key: str, name: str, value, default):
     """Option values from the CLI arrive as strings: convert to the default's type (lists: comma-separated)."""
     if isinstance(value, str) and isinstance(default, list):
         return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, int) and not isinstance(value, bool) and isinstance(default, float):
+        return float(value)
     if isinstance(value, str) and not isinstance(default, str):
         try:
             if isinstance(default, bool):
