@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -13,12 +15,16 @@ from .._progress import ProgressBar
 from ..datasets import AudioDataset
 from ..encoders import Encoder
 from ..errors import AudioError, BankError
-from .store import Bank, SplitMeta, SplitWriter
+from .store import Bank, ExtractLock, SplitMeta, SplitWriter
 
 
 def _batches(ids: list[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(ids), size):
         yield ids[start : start + size]
+
+
+def _say_on_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def extract_bank(
@@ -31,11 +37,17 @@ def extract_bank(
     dtype: str = "float16",
     skip_bad: bool = False,
     progress: bool = True,
+    refresh_changed: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> Path:
-    """Encode every clip of `dataset` into the bank folder `bank`; resume if it already holds some.
+    """Encode every clip of `dataset` into the bank folder `bank`; resume or repair it if it already holds some.
 
     Rerunning the same call after an interruption continues where it stopped and recomputes no
-    finished chunk. A bank built with another encoder config or other data is refused.
+    finished chunk. It also repairs: chunks whose files are missing, truncated, corrupt (checksum)
+    or non-finite are dropped and their clips extracted again, so a split always ends holding every
+    clip it lists. A bank built with another encoder config, other clips or labels, or another
+    dtype is refused; so are clips whose audio changed since extraction (see `refresh_changed`).
+    One extraction at a time may write a bank (a lock; a second one is refused with the holder named).
 
     Args:
         dataset: the labelled clips.
@@ -45,13 +57,26 @@ def extract_bank(
         batch_size: clips per encoder call (default: the encoder's).
         chunk_clips: clips per committed chunk; smaller = finer resume granularity.
         dtype: storage dtype of token maps ("float16" or "float32").
-        skip_bad: record undecodable clips in the metadata and go on, instead of stopping.
+        skip_bad: record undecodable clips (and clips the encoder gives no usable tokens for) in the
+            metadata and go on, instead of stopping.
+        refresh_changed: re-extract clips whose audio changed (their whole chunks are dropped and
+            rebuilt) instead of refusing.
+        log: receives one line per repair or refresh (default: printed on stderr).
 
     Returns:
         the bank root.
     """
     if dtype not in ("float16", "float32"):
         raise BankError(f"dtype {dtype!r} not supported; use float16 or float32")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch size must be a positive number of clips; got {batch_size}")
+    if chunk_clips < 1:
+        raise ValueError(f"chunk size must be a positive number of clips; got {chunk_clips}")
+    splits = list(splits or dataset.splits)
+    for split in splits:
+        if not dataset.clip_ids(split):
+            raise BankError(f"dataset {dataset.name!r} has no clips in split {split!r}")
+    encoder.check_runs()  # a bad --layer or device fails here, before the bank folder exists
     root = Path(bank)
     header = {
         "encoder": encoder.name,
@@ -59,21 +84,32 @@ def extract_bank(
         "dataset": dataset.name,
         "classes": dataset.classes,
         "multilabel": dataset.multilabel,
+        "dtype": dtype,
         "library_version": __version__,
         "source": dataset.source(),
     }
-    splits = splits or dataset.splits
-    Bank.create_or_check(root, header, splits)
+    log = log or _say_on_stderr
     batch_size = batch_size or encoder.default_batch_size
-    for split in splits:
-        _extract_split(dataset, encoder, root / split, split, batch_size, chunk_clips, dtype, skip_bad, progress)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with ExtractLock(root):
+            Bank.create_or_check(root, header, splits)
+            for split in splits:
+                _extract_split(dataset, encoder, root / split, split, batch_size, chunk_clips, dtype, skip_bad, progress,
+                               refresh_changed, log)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            where = exc.filename or root
+            raise BankError(
+                f"disk full while writing {where}: free some space (or pass a --bank folder on another disk) and rerun the "
+                "same command; it resumes from the last committed chunk (nothing half-written was kept)"
+            ) from None
+        raise
     return root
 
 
-def _extract_split(dataset, encoder, split_dir, split, batch_size, chunk_clips, dtype, skip_bad, progress) -> None:
+def _extract_split(dataset, encoder, split_dir, split, batch_size, chunk_clips, dtype, skip_bad, progress, refresh_changed, log) -> None:
     ids = dataset.clip_ids(split)
-    if not ids:
-        raise BankError(f"dataset {dataset.name!r} has no clips in split {split!r}")
     meta = SplitMeta(
         split=split,
         clip_ids=ids,
@@ -93,38 +129,56 @@ def _extract_split(dataset, encoder, split_dir, split, batch_size, chunk_clips, 
         metrics=dataset.metrics,
     )
     writer = SplitWriter(split_dir, meta)
+    for problem in writer.repaired:
+        log(f"repairing {split_dir}: {problem}; its clips are extracted again")
+    changed = writer.stale_clips(dataset.audio_stamp)
+    if changed:
+        described = f"the audio of {len(changed)} clip(s) changed since they were extracted (first: {changed[:5]})"
+        if not refresh_changed:
+            raise BankError(
+                f"{split_dir}: {described}, so their tokens are stale. Rerun with --refresh-changed to re-extract them in "
+                "place, or extract into a new --bank folder."
+            )
+        dropped = writer.drop_clips(changed)
+        log(f"{split_dir}: {described}; re-extracting them ({len(dropped)} chunk(s) dropped)")
+    writer.write_labels(dataset.label_matrix(split))
     if writer.meta.complete:
         return
-    writer.write_labels(dataset.label_matrix(split))
     skipped = dict(writer.meta.skipped)
     todo = [clip_id for clip_id in ids if clip_id not in writer.done and clip_id not in skipped]
-    buffer: dict[str, list] = {"ids": [], "tokens": [], "masks": [], "globals": []}
+    buffer: dict[str, list] = {"ids": [], "tokens": [], "masks": [], "globals": [], "stamps": []}
 
     def flush() -> None:
         if buffer["ids"]:
             globals_ = np.stack(buffer["globals"]) if buffer["globals"] and buffer["globals"][0] is not None else None
-            writer.append(buffer["ids"], buffer["tokens"], buffer["masks"], globals_)
+            writer.append(buffer["ids"], buffer["tokens"], buffer["masks"], globals_, buffer["stamps"])
             for value in buffer.values():
                 value.clear()
+
+    def bad(clip_id: str, problem: AudioError) -> None:
+        if not skip_bad:
+            raise problem
+        skipped[clip_id] = problem.problem
 
     bar = ProgressBar(progress, f"{encoder.name} {split}", total=len(ids), completed=len(ids) - len(todo))
     try:
         for batch_ids in _batches(todo, batch_size):
-            waves, kept = [], []
+            waves, kept, stamps = [], [], []
             for clip_id in batch_ids:
                 try:
+                    stamp = dataset.audio_stamp(clip_id)  # before decoding: a change during the run shows next time
                     clip = dataset.load(clip_id, encoder.sample_rate)
                     if clip.waveform.shape[0] < encoder.min_samples():
                         raise AudioError(clip_id, f"{clip.waveform.shape[0]} samples is shorter than the encoder's minimum {encoder.min_samples()}")
                 except AudioError as exc:
-                    if not skip_bad:
-                        raise
-                    skipped[clip_id] = exc.problem
+                    bad(clip_id, exc)
                     continue
                 waves.append(clip.waveform)
                 kept.append(clip_id)
+                stamps.append(stamp)
             if waves:
-                _encode_into(encoder, kept, waves, buffer)
+                for clip_id, problem in _encode_into(encoder, kept, waves, stamps, buffer).items():
+                    bad(clip_id, problem)
             if len(buffer["ids"]) >= chunk_clips:
                 flush()
             bar.advance(len(batch_ids))
@@ -134,7 +188,8 @@ def _extract_split(dataset, encoder, split_dir, split, batch_size, chunk_clips, 
     writer.finish(skipped)
 
 
-def _encode_into(encoder: Encoder, ids: list[str], waves: list[np.ndarray], buffer: dict) -> None:
+def _encode_into(encoder: Encoder, ids: list[str], waves: list[np.ndarray], stamps: list, buffer: dict) -> dict[str, AudioError]:
+    """Encode one batch into `buffer`; returns the clips that gave no usable tokens, with the reason."""
     lengths = torch.tensor([len(w) for w in waves])
     padded = torch.zeros(len(waves), int(lengths.max()))
     for row, wave in enumerate(waves):
@@ -143,12 +198,19 @@ def _encode_into(encoder: Encoder, ids: list[str], waves: list[np.ndarray], buff
     tokens = out.tokens.float().cpu().numpy()
     mask = out.mask.cpu().numpy()
     globals_ = None if out.global_vector is None else out.global_vector.float().cpu().numpy()
+    problems = {}
     for row, clip_id in enumerate(ids):
         valid_time = np.flatnonzero(mask[row].any(axis=-1))
         steps = int(valid_time[-1]) + 1 if valid_time.size else 0
         if steps == 0:
-            raise AudioError(clip_id, "the encoder produced no valid token (clip too short?)")
+            problems[clip_id] = AudioError(clip_id, "the encoder produced no valid token (clip too short?)")
+            continue
+        if not np.isfinite(tokens[row, :steps]).all() or (globals_ is not None and not np.isfinite(globals_[row]).all()):
+            problems[clip_id] = AudioError(clip_id, "the encoder produced NaN or infinite tokens for this clip")
+            continue
         buffer["ids"].append(clip_id)
         buffer["tokens"].append(tokens[row, :steps])
         buffer["masks"].append(mask[row, :steps])
         buffer["globals"].append(None if globals_ is None else globals_[row])
+        buffer["stamps"].append(stamps[row])
+    return problems

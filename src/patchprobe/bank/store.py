@@ -2,33 +2,56 @@
 
 Layout of a bank (one encoder + config, one dataset), one self-describing folder per split:
 
-    BANK/bank.json                 encoder, dataset and class list shared by the splits
+    BANK/bank.json                 encoder, dataset, class list and requested splits shared by the splits
+    BANK/.extract.lock             held (flock) by the one `extract` writing the bank; holder's pid and host
     BANK/<split>/meta.json         everything needed to read the split alone (see `SplitMeta`)
     BANK/<split>/labels.npy        (N, C) float32, rows in `clip_ids` order
-    BANK/<split>/chunks/K.json     commit record of chunk K: clip ids and token lengths
+    BANK/<split>/chunks/K.json     commit record of chunk K (see `ChunkRecord`)
     BANK/<split>/chunks/K.tokens.npy   (sum T_i, F, D) token rows of those clips (float16 default)
     BANK/<split>/chunks/K.mask.npy     (sum T_i, F) bool validity
     BANK/<split>/chunks/K.global.npy   (n, G) float32 global vectors (absent when G = 0)
+    BANK/<split>/verified.json     chunk files whose checksum was verified: name -> [bytes, mtime_ns]
 
 Clips are ragged along time (T_i differs); padding and masks are applied at batch time. A chunk
 exists only once its `.json` is written (last, atomically), so a killed extraction never leaves a
 half-written or duplicated clip: array files without a commit record are ignored and overwritten.
+
+The commit record holds the chunk's clip ids, their lengths, each array file's size and BLAKE2b
+checksum, and each clip's audio stamp (`AudioDataset.audio_stamp`). Loading verifies every chunk
+file once (checksum and finite values) and records the file's size and mtime in `verified.json`, so
+later loads skip files that did not change; `Bank.verify(full=True)` checks everything again.
+
+A split knows the clips it should hold (`SplitMeta.clip_ids` less `skipped`): a split missing
+some (a deleted or corrupt chunk) is refused for reading, and `extract_bank` rebuilds them.
 """
 
 from __future__ import annotations
 
-import shutil
+import errno
+import fcntl
+import hashlib
+import os
+import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from .. import __version__
 from .._io import read_json, write_json, write_npy
 from ..errors import BankError
+
+# Version of the on-disk layout. 2: chunk checksums and audio stamps in commit records, verified.json.
+BANK_FORMAT = 2
+
+# The arrays of one chunk, by role; "global" only when the encoder gives a global vector.
+CHUNK_ARRAYS = ("tokens", "mask", "global")
+
+# What to tell the user whenever rerunning `extract` is the repair.
+RERUN = "rerun the same `patchprobe extract` command: it rebuilds what is missing and keeps the rest"
 
 
 class SplitMeta(BaseModel):
@@ -55,40 +78,244 @@ class SplitMeta(BaseModel):
     complete: bool = False
     skipped: dict[str, str] = {}
     metrics: list[str] = []  # the dataset's declared metrics; empty: the task's defaults
+    format: int = 1  # BANK_FORMAT of the writer; folders from before it was recorded read as 1
 
 
 @dataclass
 class ChunkRecord:
+    """The commit record of one chunk (`chunks/K.json`).
+
+    Attributes:
+        index: K.
+        clip_ids: the n clips of the chunk, in storage order.
+        lengths: (n,) time steps per clip; the token rows of clip i follow those of clip i - 1.
+        files: role ("tokens", "mask", "global") -> {"name", "bytes", "blake2b"} of its array file.
+        audio_stamps: (n,) the clips' audio stamps at extraction (None: the dataset gives none).
+    """
+
     index: int
     clip_ids: list[str]
     lengths: list[int]
+    files: dict[str, dict] = field(default_factory=dict)
+    audio_stamps: list[str | None] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"clip_ids": self.clip_ids, "lengths": self.lengths, "files": self.files, "audio_stamps": self.audio_stamps}
 
 
 def _chunk_dir(split_dir: Path) -> Path:
     return split_dir / "chunks"
 
 
-def committed_chunks(split_dir: Path) -> list[ChunkRecord]:
-    """Chunks whose commit record exists, in index order."""
-    records = []
+def _stem(split_dir: Path, index: int) -> Path:
+    return _chunk_dir(split_dir) / f"{index:06d}"
+
+
+def file_digest(path: Path) -> str:
+    """BLAKE2b (16 bytes, hex) of a file's bytes, read in 4 MB blocks."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(4 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_json_file(path: Path, advice: str):
+    """read_json with every failure turned into a BankError naming the file and what to do."""
+    try:
+        return read_json(path)
+    except FileNotFoundError:
+        raise BankError(f"{path}: missing; {advice}") from None
+    except (OSError, ValueError) as exc:  # ValueError: invalid JSON or text encoding
+        raise BankError(f"{path}: unreadable or corrupt ({type(exc).__name__}: {exc}); {advice}") from None
+
+
+def read_split_meta(split_dir: Path) -> SplitMeta:
+    """The split's meta.json, refusing a corrupt one or one from before `BANK_FORMAT` with a BankError."""
+    path = Path(split_dir) / "meta.json"
+    advice = f"delete the folder {split_dir} and {RERUN}"
+    blob = _read_json_file(path, advice)
+    try:
+        meta = SplitMeta(**blob)
+    except (ValidationError, TypeError) as exc:
+        raise BankError(f"{path}: not a valid split description ({str(exc).splitlines()[0]}); {advice}") from None
+    if meta.format < BANK_FORMAT:
+        raise BankError(
+            f"{split_dir}: written by patchprobe {meta.library_version} in bank format {meta.format}, before chunk "
+            f"checksums and audio stamps (format {BANK_FORMAT}); this version cannot check it. Extract again into a new "
+            "--bank folder (or delete this one and rerun the same `patchprobe extract` command)."
+        )
+    if meta.format > BANK_FORMAT:
+        raise BankError(f"{split_dir}: bank format {meta.format} is newer than this patchprobe understands ({BANK_FORMAT}); upgrade patchprobe")
+    return meta
+
+
+def read_chunk_records(split_dir: Path) -> tuple[list[ChunkRecord], dict[int, str]]:
+    """Every commit record of a split, in index order, and the problems of those that cannot be used.
+
+    Cheap: reads the records and stats the array files (no token data). A record is unusable when it
+    is unreadable, inconsistent, or one of its files is missing or has another size than committed.
+
+    Returns:
+        (records, problems): usable records; chunk index -> description of what is wrong with it.
+    """
+    records, problems = [], {}
     for path in sorted(_chunk_dir(split_dir).glob("*.json")):
-        blob = read_json(path)
-        records.append(ChunkRecord(int(path.stem), blob["clip_ids"], blob["lengths"]))
-    return records
+        if not path.stem.isdigit():
+            continue
+        index = int(path.stem)
+        try:
+            blob = read_json(path)
+            record = ChunkRecord(index, list(blob["clip_ids"]), [int(n) for n in blob["lengths"]], dict(blob["files"]),
+                                 list(blob["audio_stamps"]))
+            if not (len(record.clip_ids) == len(record.lengths) == len(record.audio_stamps)) or "tokens" not in record.files:
+                raise ValueError("clip ids, lengths and audio stamps differ in count, or no token file")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            problems[index] = f"{path}: commit record unreadable or corrupt ({type(exc).__name__}: {exc})"
+            continue
+        problem = _file_sizes_problem(split_dir, record)
+        if problem:
+            problems[index] = problem
+            continue
+        records.append(record)
+    return records, problems
+
+
+def _file_sizes_problem(split_dir: Path, record: ChunkRecord) -> str | None:
+    for role, entry in record.files.items():
+        path = _chunk_dir(split_dir) / entry["name"]
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{path}: missing ({role} of chunk {record.index})"
+        if size != entry["bytes"]:
+            return f"{path}: {size} bytes, committed with {entry['bytes']} (truncated or overwritten)"
+    return None
+
+
+def verify_chunk(split_dir: Path, record: ChunkRecord, verified: dict | None = None) -> str | None:
+    """Check one committed chunk's files against their checksums and for non-finite values.
+
+    Args:
+        verified: name -> [bytes, mtime_ns] of files already verified; those whose size and mtime are
+            unchanged are skipped (pass None to check everything). Files that pass are added to it.
+
+    Returns:
+        a description of the first problem, or None.
+    """
+    problem = _file_sizes_problem(split_dir, record)
+    if problem:
+        return problem
+    for role, entry in record.files.items():
+        path = _chunk_dir(split_dir) / entry["name"]
+        stat = path.stat()
+        stamp = [stat.st_size, stat.st_mtime_ns]
+        if verified is not None and verified.get(entry["name"]) == stamp:
+            continue
+        if file_digest(path) != entry["blake2b"]:
+            return f"{path}: checksum mismatch (the file changed after it was committed: disk or copy corruption)"
+        if role != "mask":
+            try:
+                values = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                return f"{path}: unreadable ({exc})"
+            finite = all(np.isfinite(values[start : start + 4096]).all() for start in range(0, len(values), 4096))
+            if not finite:
+                return (f"{path}: holds NaN or infinite values (written so at extraction: the encoder overflowed, "
+                        "e.g. float16 storage of large activations; extract with --dtype float32)")
+        if verified is not None:
+            verified[entry["name"]] = stamp
+    return None
+
+
+def remove_chunk(split_dir: Path, index: int) -> None:
+    """Drop one chunk: its commit record first (the chunk stops existing), then its array files."""
+    stem = _stem(split_dir, index)
+    stem.with_suffix(".json").unlink(missing_ok=True)
+    for role in CHUNK_ARRAYS:
+        stem.with_suffix(f".{role}.npy").unlink(missing_ok=True)
+
+
+def _read_verified(split_dir: Path) -> dict:
+    try:
+        blob = read_json(split_dir / "verified.json")
+        return blob if isinstance(blob, dict) else {}
+    except (OSError, ValueError):
+        return {}  # absent or damaged: verify again
+
+
+def _write_verified(split_dir: Path, verified: dict) -> None:
+    try:
+        write_json(split_dir / "verified.json", verified)
+    except OSError:
+        pass  # a read-only bank is verified on every load instead
+
+
+class ExtractLock:
+    """An exclusive lock on a bank for one extraction: `flock` on BANK/.extract.lock.
+
+    The kernel releases it when the holder dies (even by SIGKILL), so a stale lock cannot block a
+    rerun. The file records the holder's pid, host and start time for the refusal message. flock
+    covers processes on one machine (and NFS mounts that support it).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.path = Path(root) / ".extract.lock"
+        self._handle = None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise BankError naming the extraction that holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown holder"
+            handle.close()
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise BankError(
+                    f"{self.path.parent}: another extraction is writing this bank ({holder}); wait for it to finish "
+                    "(then rerun to check it is complete), or use another --bank folder"
+                ) from None
+            raise
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.truncate(0)
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> "ExtractLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class SplitWriter:
     """Appends chunks of token maps to one split folder (used by `extract_bank`).
 
-    Opening an existing folder checks that it was built with the same encoder config and the same
-    dataset; otherwise it refuses, so a bank never mixes token maps from two models.
+    Opening an existing folder checks that it was built with the same encoder config, the same
+    dataset and the same storage dtype; otherwise it refuses, so a bank never mixes token maps from
+    two models. It then drops every chunk that cannot be used (unreadable record, missing, truncated
+    or corrupt file, non-finite values, clips committed twice), listed in `repaired`, so that their
+    clips count as not extracted; a split that lost clips is no longer complete.
     """
 
     def __init__(self, split_dir: Path, meta: SplitMeta) -> None:
         self.dir = Path(split_dir)
         meta_path = self.dir / "meta.json"
+        self.repaired: list[str] = []
         if meta_path.exists():
-            existing = SplitMeta(**read_json(meta_path))
+            existing = read_split_meta(self.dir)
             if existing.encoder_config_hash != meta.encoder_config_hash:
                 raise BankError(
                     f"{self.dir}: this bank was built with encoder {existing.encoder!r} config {existing.encoder_config_hash} "
@@ -101,39 +328,117 @@ class SplitWriter:
                     f"but the data you passed has fingerprint {meta.dataset_fingerprint} (clips or labels changed). "
                     "Use a new --bank folder."
                 )
+            if existing.dtype != meta.dtype:
+                raise BankError(
+                    f"{self.dir}: this split stores tokens as {existing.dtype}; you asked for {meta.dtype}. Rerun with "
+                    f"--dtype {existing.dtype} to resume it, or use a new --bank folder for {meta.dtype}."
+                )
             meta = existing.model_copy(update={"skipped": {**existing.skipped, **meta.skipped}})
         else:
-            meta = meta.model_copy(update={"created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            meta = meta.model_copy(update={"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "format": BANK_FORMAT})
         self.meta = meta
         _chunk_dir(self.dir).mkdir(parents=True, exist_ok=True)
         for stale in _chunk_dir(self.dir).glob(".*.tmp"):
             stale.unlink(missing_ok=True)
-        self.chunks = committed_chunks(self.dir)
+        self.chunks = self._usable_chunks()
         self.done = {clip_id for chunk in self.chunks for clip_id in chunk.clip_ids}
-        self.next_index = (self.chunks[-1].index + 1) if self.chunks else 0
+        # Array files without a usable commit record were left by a killed run (or a dropped chunk): the
+        # extraction lock guarantees no other writer is about to commit them.
+        committed = {chunk.index for chunk in self.chunks}
+        for path in _chunk_dir(self.dir).glob("*.npy"):
+            stem = path.name.split(".")[0]
+            if stem.isdigit() and int(stem) not in committed:
+                path.unlink(missing_ok=True)
+        self.next_index = max(committed) + 1 if committed else 0
+        missing = [c for c in self.meta.clip_ids if c not in self.done and c not in self.meta.skipped]
+        if self.meta.complete and missing:
+            self.meta = self.meta.model_copy(update={"complete": False})
         write_json(meta_path, self.meta.model_dump())
 
-    def write_labels(self, labels: np.ndarray) -> None:
-        write_npy(self.dir / "labels.npy", labels.astype(np.float32))
+    def _usable_chunks(self) -> list[ChunkRecord]:
+        records, problems = read_chunk_records(self.dir)
+        verified = _read_verified(self.dir)
+        usable, seen = [], set()
+        for record in records:
+            problem = verify_chunk(self.dir, record, verified)
+            twice = seen.intersection(record.clip_ids)
+            if twice and problem is None:
+                problem = f"{_stem(self.dir, record.index)}.json: clips committed twice (first: {sorted(twice)[:3]})"
+            if problem:
+                problems[record.index] = problem
+                continue
+            usable.append(record)
+            seen.update(record.clip_ids)
+        for index, problem in sorted(problems.items()):
+            remove_chunk(self.dir, index)
+            self.repaired.append(problem)
+        _write_verified(self.dir, verified)
+        return usable
 
-    def append(self, clip_ids: list[str], tokens: list[np.ndarray], masks: list[np.ndarray], globals_: np.ndarray | None) -> None:
+    def stale_clips(self, stamp_of) -> list[str]:
+        """Committed clips whose audio stamp differs from `stamp_of(clip_id)` now (clips without a stamp are not checked)."""
+        changed = []
+        for chunk in self.chunks:
+            for clip_id, stored in zip(chunk.clip_ids, chunk.audio_stamps):
+                if stored is not None and stamp_of(clip_id) != stored:
+                    changed.append(clip_id)
+        return changed
+
+    def drop_clips(self, clip_ids: list[str]) -> list[int]:
+        """Remove every chunk holding one of `clip_ids` (their other clips are extracted again); returns the chunk indices."""
+        wanted = set(clip_ids)
+        dropped = [chunk.index for chunk in self.chunks if wanted.intersection(chunk.clip_ids)]
+        if dropped and self.meta.complete:
+            self.meta = self.meta.model_copy(update={"complete": False})
+            write_json(self.dir / "meta.json", self.meta.model_dump())
+        for index in dropped:
+            remove_chunk(self.dir, index)
+        self.chunks = [chunk for chunk in self.chunks if chunk.index not in dropped]
+        self.done = {clip_id for chunk in self.chunks for clip_id in chunk.clip_ids}
+        return dropped
+
+    def write_labels(self, labels: np.ndarray) -> None:
+        """(N, C) labels in `meta.clip_ids` order; rewritten only when the stored file differs or is unreadable."""
+        labels = labels.astype(np.float32)
+        try:
+            if np.array_equal(np.load(self.dir / "labels.npy"), labels):
+                return
+        except (OSError, ValueError, EOFError):
+            pass
+        write_npy(self.dir / "labels.npy", labels)
+
+    def append(self, clip_ids: list[str], tokens: list[np.ndarray], masks: list[np.ndarray], globals_: np.ndarray | None,
+               audio_stamps: list[str | None] | None = None) -> None:
         """Commit one chunk.
 
         Args:
             clip_ids: n ids; tokens: n arrays (T_i, F, D); masks: n arrays (T_i, F) bool;
-            globals_: (n, G) or None.
+            globals_: (n, G) or None; audio_stamps: n stamps (`AudioDataset.audio_stamp`) or None.
         """
         duplicated = self.done.intersection(clip_ids)
         if duplicated:
             raise BankError(f"{self.dir}: clips already in the bank: {sorted(duplicated)[:5]}")
-        stem = _chunk_dir(self.dir) / f"{self.next_index:06d}"
-        write_npy(stem.with_suffix(".tokens.npy"), np.concatenate(tokens).astype(self.meta.dtype))
-        write_npy(stem.with_suffix(".mask.npy"), np.concatenate(masks).astype(bool))
+        stem = _stem(self.dir, self.next_index)
+        arrays = {"tokens": np.concatenate(tokens).astype(self.meta.dtype), "mask": np.concatenate(masks).astype(bool)}
         if globals_ is not None and self.meta.global_dim:
-            write_npy(stem.with_suffix(".global.npy"), globals_.astype(np.float32))
+            arrays["global"] = globals_.astype(np.float32)
+        for role, array in arrays.items():
+            if role != "mask" and not np.isfinite(array).all():
+                rows = np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))
+                raise BankError(
+                    f"{self.dir}: the encoder's {role} for this chunk hold NaN or infinite values in {self.meta.dtype} "
+                    f"(first bad row {int(rows[0])}); use --dtype float32 if values overflow float16, else check the encoder"
+                )
+        files = {}
+        for role, array in arrays.items():
+            path = stem.with_suffix(f".{role}.npy")
+            write_npy(path, array)
+            files[role] = {"name": path.name, "bytes": path.stat().st_size, "blake2b": file_digest(path)}
         lengths = [int(t.shape[0]) for t in tokens]
-        write_json(stem.with_suffix(".json"), {"clip_ids": list(clip_ids), "lengths": lengths})
-        self.chunks.append(ChunkRecord(self.next_index, list(clip_ids), lengths))
+        stamps = list(audio_stamps) if audio_stamps is not None else [None] * len(clip_ids)
+        record = ChunkRecord(self.next_index, list(clip_ids), lengths, files, stamps)
+        write_json(stem.with_suffix(".json"), record.to_json())
+        self.chunks.append(record)
         self.done.update(clip_ids)
         self.next_index += 1
         if self.meta.freq_dim is None:
@@ -152,49 +457,85 @@ class SplitWriter:
 class BankSplit:
     """Read access to one split folder. Arrays are memory-mapped; `load()` brings them into RAM/GPU.
 
+    Opening reads the metadata and commit records and checks that every committed file exists with
+    its committed size, that no clip is committed twice and none is missing (cheap: no token data);
+    `verify()` checks the checksums and values, and `load()` verifies before reading.
+
     Attributes:
         meta: the split's `SplitMeta`.
         clip_ids: ids of stored clips, in dataset order (skipped clips left out).
         labels: (N, C) float32.
         lengths: (N,) time steps per clip.
+        missing: ids the split should hold but does not (`meta.clip_ids` less skipped, less stored).
+        problems: what is wrong with the split (only with `allow_incomplete`; otherwise the first is raised).
     """
 
     def __init__(self, split_dir: str | Path, allow_incomplete: bool = False) -> None:
         self.dir = Path(split_dir)
         if not (self.dir / "meta.json").exists():
             raise BankError(f"{self.dir}: not a bank split (no meta.json); build it with `patchprobe extract`")
-        self.meta = SplitMeta(**read_json(self.dir / "meta.json"))
-        if not self.meta.complete and not allow_incomplete:
-            raise BankError(f"{self.dir}: extraction did not finish; rerun the same `patchprobe extract` command to resume it")
-        chunks = committed_chunks(self.dir)
+        self.meta = read_split_meta(self.dir)
+        self.problems: list[str] = []
+        if not self.meta.complete:
+            self._problem(f"{self.dir}: extraction did not finish; rerun the same `patchprobe extract` command to resume it", allow_incomplete)
+        records, broken = read_chunk_records(self.dir)
+        for problem in broken.values():
+            self._problem(f"{problem}; {RERUN}", allow_incomplete)
+        self.chunks: list[ChunkRecord] = []
         where = {}
         self._tokens, self._masks, self._globals = [], [], []
-        for slot, chunk in enumerate(chunks):
-            stem = _chunk_dir(self.dir) / f"{chunk.index:06d}"
+        for chunk in records:
+            twice = [c for c in chunk.clip_ids if c in where]
+            if twice:
+                self._problem(f"{_stem(self.dir, chunk.index)}.json: clips committed twice (first: {twice[:3]}; two extractions at "
+                              f"once?); {RERUN}", allow_incomplete)
+                continue
+            stem = _stem(self.dir, chunk.index)
             try:
-                self._tokens.append(np.load(stem.with_suffix(".tokens.npy"), mmap_mode="r"))
-                self._masks.append(np.load(stem.with_suffix(".mask.npy"), mmap_mode="r"))
-                self._globals.append(np.load(stem.with_suffix(".global.npy"), mmap_mode="r") if self.meta.global_dim else None)
+                tokens = np.load(stem.with_suffix(".tokens.npy"), mmap_mode="r")
+                masks = np.load(stem.with_suffix(".mask.npy"), mmap_mode="r")
+                globals_ = np.load(stem.with_suffix(".global.npy"), mmap_mode="r") if self.meta.global_dim else None
+                if len(tokens) != sum(chunk.lengths) or len(masks) != len(tokens) or (globals_ is not None and len(globals_) != len(chunk.clip_ids)):
+                    raise ValueError("array rows do not match the commit record")
             except (OSError, ValueError) as exc:
-                raise BankError(f"{stem}.*: chunk files unreadable ({exc}); delete the chunk's .json and rerun extract") from exc
+                self._problem(f"{stem}.*: chunk files unreadable ({exc}); {RERUN}", allow_incomplete)
+                continue
+            slot = len(self.chunks)
+            self.chunks.append(chunk)
+            self._tokens.append(tokens)
+            self._masks.append(masks)
+            self._globals.append(globals_)
             offset = 0
             for row, (clip_id, length) in enumerate(zip(chunk.clip_ids, chunk.lengths)):
                 where[clip_id] = (slot, row, offset, length)
                 offset += length
         skipped = self.meta.skipped
         self.missing = [c for c in self.meta.clip_ids if c not in where and c not in skipped]
-        if self.missing and not allow_incomplete:
-            raise BankError(
+        if self.missing:
+            self._problem(
                 f"{self.dir}: {len(self.missing)} of {len(self.meta.clip_ids) - len(skipped)} clips are missing "
-                f"(first: {self.missing[:3]}); a chunk was lost or deleted. Rerun the same `patchprobe extract` "
-                "command: it rebuilds the missing clips."
+                f"(first: {self.missing[:3]}); a chunk was lost, deleted or found corrupt. Rerun the same `patchprobe extract` "
+                "command: it rebuilds the missing clips.",
+                allow_incomplete,
             )
-        all_labels = np.load(self.dir / "labels.npy")
+        labels_path = self.dir / "labels.npy"
+        try:
+            all_labels = np.load(labels_path)
+            if all_labels.shape != (len(self.meta.clip_ids), len(self.meta.classes)):
+                raise ValueError(f"shape {all_labels.shape}, expected {(len(self.meta.clip_ids), len(self.meta.classes))}")
+        except (OSError, ValueError, EOFError) as exc:
+            self._problem(f"{labels_path}: unreadable or corrupt ({exc}); {RERUN} (it rewrites the labels)", allow_incomplete)
+            all_labels = np.zeros((len(self.meta.clip_ids), len(self.meta.classes)), dtype=np.float32)
         keep = [i for i, clip_id in enumerate(self.meta.clip_ids) if clip_id in where]
         self.clip_ids = [self.meta.clip_ids[i] for i in keep]
         self.labels = all_labels[keep]
         self._where = [where[clip_id] for clip_id in self.clip_ids]
         self.lengths = np.array([w[3] for w in self._where], dtype=np.int64)
+
+    def _problem(self, message: str, allow: bool) -> None:
+        if not allow:
+            raise BankError(message)
+        self.problems.append(message)
 
     def __len__(self) -> int:
         return len(self.clip_ids)
@@ -202,6 +543,21 @@ class BankSplit:
     @property
     def num_classes(self) -> int:
         return len(self.meta.classes)
+
+    def verify(self, full: bool = False) -> list[str]:
+        """Check every committed chunk's checksums and values; returns the problems found (empty: all good).
+
+        Files verified before (recorded in verified.json with the same size and mtime) are skipped
+        unless `full`; files that pass are recorded.
+        """
+        verified = {} if full else _read_verified(self.dir)
+        problems = []
+        for chunk in self.chunks:
+            problem = verify_chunk(self.dir, chunk, verified)
+            if problem:
+                problems.append(f"{problem}; {RERUN} (it drops and rebuilds chunk {chunk.index})")
+        _write_verified(self.dir, verified)
+        return problems
 
     def clip(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(tokens (T_i, F, D), mask (T_i, F), global (G,) or None) of one clip, memory-mapped."""
@@ -215,7 +571,10 @@ class BankSplit:
         return sum(p.stat().st_size for p in self.dir.rglob("*") if p.is_file())
 
     def load(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> "LoadedSplit":
-        """Bring the whole split into memory on `device` (tokens keep the stored dtype unless `dtype`)."""
+        """Verify the split (see `verify`), then bring it into memory on `device` (tokens keep the stored dtype unless `dtype`)."""
+        problems = self.verify()
+        if problems:
+            raise BankError(problems[0] + (f" ({len(problems) - 1} more chunk(s) also fail)" if len(problems) > 1 else ""))
         return LoadedSplit.from_split(self, device=device, dtype=dtype)
 
 
@@ -275,9 +634,9 @@ IDENTITY_KEYS = ("encoder", "encoder_config_hash", "dataset", "classes")
 class Bank:
     """A bank root: `bank.json` plus one folder per split.
 
-    bank.json holds the identity shared by the splits (`IDENTITY_KEYS`, task type, library version,
-    the dataset's `source`) and `splits`: every split an extraction was asked for, so a bank whose
-    extraction stopped before reaching a split is not mistaken for a complete one.
+    bank.json holds the identity shared by the splits (`IDENTITY_KEYS`, task type, storage dtype,
+    library version, the dataset's `source`) and `splits`: every split an extraction was asked for,
+    so a bank whose extraction stopped before reaching a split is not mistaken for a complete one.
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -285,15 +644,21 @@ class Bank:
         if not (self.root / "bank.json").exists():
             hint = " (it looks like a split folder; pass its parent)" if (self.root / "meta.json").exists() else ""
             raise BankError(f"{self.root}: not a bank (no bank.json){hint}; build one with `patchprobe extract`")
-        self.info = read_json(self.root / "bank.json")
+        self.info = _read_json_file(
+            self.root / "bank.json",
+            "delete it and rerun the same `patchprobe extract` command: it writes a new one and keeps the token maps "
+            "(each split checks them against the encoder and data)",
+        )
+        if not isinstance(self.info, dict):
+            raise BankError(f"{self.root / 'bank.json'}: not a JSON object; delete it and rerun the same `patchprobe extract` command")
 
     @classmethod
     def create_or_check(cls, root: str | Path, header: dict, splits: list[str]) -> "Bank":
         """Open the bank at `root` for an extraction of `splits` described by `header`, creating it if needed.
 
         A new bank gets `bank.json` = header + {"splits": splits}. An existing one must match the header
-        on `IDENTITY_KEYS` (else BankError: a bank holds one encoder config and one dataset); the
-        requested splits are added to its recorded `splits`.
+        on `IDENTITY_KEYS` and on "dtype" where recorded (else BankError: a bank holds one encoder
+        config, one dataset and one storage dtype); the requested splits are added to its `splits`.
         """
         root = Path(root)
         path = root / "bank.json"
@@ -305,6 +670,12 @@ class Bank:
                         f"{root}: bank.json has {key}={bank.info.get(key)!r} but this extraction has {header.get(key)!r}; "
                         "a bank holds one encoder config and one dataset. Use a new --bank folder."
                     )
+            stored_dtype = bank.info.get("dtype")
+            if stored_dtype is not None and "dtype" in header and stored_dtype != header["dtype"]:
+                raise BankError(
+                    f"{root}: this bank stores tokens as {stored_dtype}; you asked for {header['dtype']}. Rerun with "
+                    f"--dtype {stored_dtype}, or use a new --bank folder for {header['dtype']}."
+                )
             recorded = list(bank.info.get("splits") or bank.splits)
             wanted = recorded + [s for s in splits if s not in recorded]
             if wanted != bank.info.get("splits"):
@@ -324,14 +695,13 @@ class Bank:
         """True when every expected split exists, finished extracting, and holds every clip it should.
 
         A split holds every clip it should when its commit records cover `meta.clip_ids` less the
-        clips skipped as bad. Cheap (reads metadata and commit records, no token data); any unreadable
-        or inconsistent file counts as incomplete.
+        clips skipped as bad, and every committed file is there with its committed size. Cheap
+        (metadata, commit records and file sizes; no token data, no checksums: `verify` does
+        those); any unreadable or inconsistent file counts as incomplete.
         """
         try:
             expected = self.expected_splits
-            return bool(expected) and all(
-                name in self.splits and BankSplit(self.root / name).meta.complete for name in expected
-            )
+            return bool(expected) and all(name in self.splits and not BankSplit(self.root / name).problems for name in expected)
         except (BankError, OSError, ValueError, KeyError, TypeError):
             return False
 
@@ -344,27 +714,58 @@ class Bank:
             raise BankError(f"{self.root}: no {name!r} split (has: {', '.join(self.splits) or 'none'})")
         return BankSplit(self.root / name, allow_incomplete=allow_incomplete)
 
-    def describe(self) -> dict:
-        """Shapes, sizes on disk and metadata, as `patchprobe info` prints them."""
-        out = {"path": str(self.root), **self.info, "splits": {}}
-        for name in self.splits:
-            split = BankSplit(self.root / name, allow_incomplete=True)
-            size = split.size_on_disk()
-            out["splits"][name] = {
-                "clips": len(split),
-                "of": len(split.meta.clip_ids),
-                "complete": split.meta.complete,
-                "token_grid": f"T x {split.meta.freq_dim} x {split.meta.token_dim}",
-                "time_steps": {"min": int(split.lengths.min()), "max": int(split.lengths.max())} if len(split) else None,
-                "global_dim": split.meta.global_dim,
-                "dtype": split.meta.dtype,
-                "bytes": size,
-                "bytes_per_clip": size // max(len(split), 1),
-                "skipped": len(split.meta.skipped),
-                "created": split.meta.created,
-            }
+    def verify(self, full: bool = True) -> dict[str, list[str]]:
+        """Every problem of every split: completeness, missing clips, and (all chunks, `full`) checksums and values.
+
+        Returns: split name -> problems (empty lists: the split is sound); an expected split that is
+        absent is reported under its name.
+        """
+        out = {}
+        for name in dict.fromkeys(self.expected_splits + self.splits):
+            if name not in self.splits:
+                out[name] = [f"{self.root / name}: not extracted yet; {RERUN}"]
+                continue
+            try:
+                split = BankSplit(self.root / name, allow_incomplete=True)
+            except BankError as exc:
+                out[name] = [str(exc)]
+                continue
+            out[name] = split.problems + split.verify(full=full)
         return out
 
-
-def remove_bank(root: str | Path) -> None:
-    shutil.rmtree(root, ignore_errors=True)
+    def describe(self) -> dict:
+        """Shapes, sizes on disk, metadata and problems, as `patchprobe info` prints them (never raises for a split's problems)."""
+        out = {"path": str(self.root), **self.info, "splits": {}, "problems": {}}
+        for name in dict.fromkeys(self.expected_splits + self.splits):
+            if name not in self.splits:
+                out["problems"][name] = [f"{self.root / name}: not extracted yet; {RERUN}"]
+                continue
+            try:
+                split = BankSplit(self.root / name, allow_incomplete=True)
+            except BankError as exc:
+                out["problems"][name] = [str(exc)]
+                continue
+            size = split.size_on_disk()
+            meta = split.meta
+            positives = split.labels.sum(axis=0) if len(split) else np.zeros(len(meta.classes))
+            out["splits"][name] = {
+                "clips": len(split),
+                "of": len(meta.clip_ids),
+                "complete": meta.complete and not split.problems,
+                "missing": len(split.missing),
+                "token_grid": f"T x {meta.freq_dim} x {meta.token_dim}",
+                "time_steps": {"min": int(split.lengths.min()), "max": int(split.lengths.max())} if len(split) else None,
+                "global_dim": meta.global_dim,
+                "dtype": meta.dtype,
+                "layer": meta.layer,
+                "sample_rate": meta.sample_rate,
+                "bytes": size,
+                "bytes_per_clip": size // max(len(split), 1),
+                "skipped": len(meta.skipped),
+                "skipped_clips": dict(list(meta.skipped.items())[:5]),
+                "positives": {c: int(v) for c, v in zip(meta.classes, positives)},
+                "created": meta.created,
+            }
+            if split.problems:
+                out["problems"][name] = split.problems
+        return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +69,24 @@ class AudioDataset(ABC):
     def check_audio(self, clip_id: str) -> None:
         """Raise if a clip's audio is missing or unreadable; subclasses read only a header where they can."""
         self.load(clip_id)
+
+    def audio_stamp(self, clip_id: str) -> str | None:
+        """A short string that changes whenever the clip's audio changes; None when the dataset cannot tell.
+
+        Contract (the bank relies on it): `extract_bank` stores each clip's stamp beside its tokens and,
+        on every later run, compares it with a fresh one by string equality; any difference means the
+        tokens are stale (the run names the changed clips and refuses, or re-extracts them with
+        `refresh_changed`). So a stamp must
+        - change when the decoded audio can change (other file, other bytes, other row of a table);
+        - stay equal while the audio is the same, across processes and runs (no object ids, no
+          wall-clock time, no absolute paths that move with the data if avoidable);
+        - be cheap: it is taken for every clip of a split each time `extract` runs (tens of
+          microseconds to a few milliseconds per clip; read at most a few MB).
+        Keep it under about 100 characters (one is stored per clip). None opts a clip out of the check.
+        File-backed datasets get `file_stamp(path_of(clip_id))`; others return None until they say
+        what their audio is (e.g. a hub row's file hash or its audio bytes' hash).
+        """
+        return None
 
     @property
     def splits(self) -> list[str]:
@@ -157,9 +177,38 @@ class FileDataset(ListedDataset, ABC):
     def check_audio(self, clip_id: str) -> None:
         check_audio_file(self.path_of(clip_id))
 
+    def audio_stamp(self, clip_id: str) -> str | None:
+        """`file_stamp` of the clip's file (see `AudioDataset.audio_stamp`)."""
+        return file_stamp(self.path_of(clip_id))
+
     def load(self, clip_id: str, target_sr: int | None = None) -> Clip:
         waveform, sr = load_audio(self.path_of(clip_id), target_sr)
         return Clip(clip_id, waveform, sr, self.labels_of(clip_id), self._split_of[clip_id])
+
+
+# Files up to this size are stamped by their content; larger ones by size and modification time.
+CONTENT_STAMP_MAX_BYTES = 8 << 20
+
+
+def file_stamp(path: str | Path) -> str | None:
+    """What an audio file is, as a short string: "b2:SIZE:HASH" or "mt:SIZE:MTIME_NS".
+
+    Files up to `CONTENT_STAMP_MAX_BYTES` (8 MB: a minute of 16-bit stereo at 44.1 kHz, more than
+    most clips) are stamped by a BLAKE2b hash of their bytes, so a copy, a `touch` or a checkout
+    that rewrites the same audio keeps its stamp, and a replacement with the same size and time is
+    still caught. Hashing costs about 1 ms per MB. Larger files (long recordings) are stamped by
+    size and modification time in nanoseconds: reading them on every `extract` run would cost as
+    much as decoding them, and a rewritten file almost always changes one of the two.
+    A missing or unreadable file gets None (cannot tell; validation and decoding report it properly).
+    """
+    try:
+        stat = os.stat(path)
+        if stat.st_size > CONTENT_STAMP_MAX_BYTES:
+            return f"mt:{stat.st_size}:{stat.st_mtime_ns}"
+        with open(path, "rb") as handle:
+            return f"b2:{stat.st_size}:{hashlib.blake2b(handle.read(), digest_size=12).hexdigest()}"
+    except OSError:
+        return None
 
 
 DATASETS: Registry[AudioDataset] = Registry("dataset")

@@ -62,6 +62,19 @@ class Encoder(ABC):
         """Shortest clip the encoder accepts, in samples."""
         return 1
 
+    def check_runs(self) -> None:
+        """Encode one short silent clip, so settings the model rejects (a `layer` beyond its depth, an
+        unusable device) fail in a second, before any output exists, instead of after the first batch.
+
+        Raises:
+            ValueError naming the encoder and the model's own reason (e.g. the allowed layer range).
+        """
+        samples = max(self.min_samples(), self.sample_rate)
+        try:
+            self.encode(torch.zeros(1, samples), torch.tensor([samples]))
+        except (ValueError, IndexError, RuntimeError, AssertionError) as exc:
+            raise ValueError(f"encoder {self.name!r} cannot run with these settings: {exc}") from None
+
     def describe(self) -> dict:
         return {
             "name": self.name,
@@ -77,6 +90,25 @@ class Encoder(ABC):
 ENCODERS: Registry[Encoder] = Registry("encoder")
 
 
+def check_device(device: str | torch.device) -> None:
+    """Refuse a torch device this machine does not have, before any model is built.
+
+    Raises:
+        ValueError naming the device and what to use instead.
+    """
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device {str(device)!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    kind = parsed.type
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: this PyTorch sees no CUDA GPU (torch.cuda.is_available() is False); use --device cpu")
+    if kind == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) here (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r}: MPS is not available here; use --device cpu")
+
+
 class CheckpointEncoder(Encoder):
     """A frozen network loaded from an official checkpoint, as a registry encoder.
 
@@ -89,6 +121,7 @@ class CheckpointEncoder(Encoder):
         min_samples: int, clip_seconds: float | None = None, sample_rate: int = 16000, layer: int | None = None, device: str = "cpu",
         half: bool = False,
     ) -> None:
+        check_device(device)
         if half and not str(device).startswith("cuda"):
             raise ValueError(f"half precision runs on a CUDA device; got device={device!r} (drop half=true on CPU)")
         self.model = model.eval().requires_grad_(False).to(device)
