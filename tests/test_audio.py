@@ -208,3 +208,21 @@ def test_written_then_cut_or_flipped_files_give_audio_error_or_the_samples(audio
         assert decoded is not None and len(decoded) == frames
     elif cut is not None and flip is None and len(data) < len(whole) - 1 and extension in ("wav", "aiff"):
         assert decoded is None  # a cut WAV/AIFF is always reported (cutting only an odd-sized chunk's pad byte loses nothing)
+
+
+def test_declared_length_check_reads_bytes_in_memory_and_keeps_the_position(tmp_path):
+    import io
+
+    from patchprobe.audio.decode import check_declared_length
+
+    path = tmp_path / "a.wav"
+    sf.write(path, np.zeros(8000, np.float32), 16000)
+    whole = io.BytesIO(path.read_bytes())
+    whole.seek(5)
+    check_declared_length(whole, 8000, 16000, name="clip-1")
+    assert whole.tell() == 5
+    cut = io.BytesIO(path.read_bytes()[:9000])
+    frames = sf.info(cut).frames
+    with pytest.raises(AudioError) as info:
+        check_declared_length(cut, frames, 16000, name="clip-1")
+    assert info.value.path == "clip-1" and "the header declares 8000 frames (0.500 s)" in str(info.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def check_audio_file(path: str | Path) -> None:
         info = sf.info(str(path))
     except Exception as exc:  # libsndfile raises several types; all mean "cannot decode"
         raise AudioError(path, _CANNOT_DECODE.format(exc)) from exc
-    _check_declared_length(path, info.frames, info.samplerate)
+    check_declared_length(path, info.frames, info.samplerate)
 
 
 def load_audio(path: str | Path, target_sr: int | None = None, min_samples: int = 1) -> tuple[np.ndarray, int]:
@@ -68,7 +69,7 @@ def load_audio(path: str | Path, target_sr: int | None = None, min_samples: int 
         except Exception as exc:  # the header read, the data does not: cut off or damaged after it (e.g. FLAC "lost sync")
             raise AudioError(path, f"the header reads ({_frames(declared, sr)}) but decoding fails ({exc}); the file is "
                                    "damaged or truncated: copy it again, or leave it out with --skip-bad") from exc
-    _check_declared_length(path, declared, sr)
+    check_declared_length(path, declared, sr)
     if 0 < data.shape[0] < declared:  # e.g. MP3: the header's frame count is the promise, decoding stops early
         raise AudioError(path, f"the header declares {_frames(declared, sr)} but only {_frames(data.shape[0], sr)} "
                                f"decode; {_TRUNCATED_ADVICE}")
@@ -81,13 +82,24 @@ def _frames(count: int, sr: int) -> str:
     return f"{count} frames ({count / sr:.3f} s)" if sr > 0 else f"{count} frames"
 
 
-def _check_declared_length(path: Path, found_frames: int, sr: int) -> None:
-    """WAV and AIFF: libsndfile quietly shortens a file whose data chunk is cut off (it reports the frames that are
-    there), so compare the data chunk's declared size with the bytes the file holds."""
+def check_declared_length(source, found_frames: int, sr: int, name: object = None) -> None:
+    """Raise AudioError when a WAV or AIFF holds less audio data than its header declares.
+
+    libsndfile quietly shortens such a file (it reports the frames that are there), so this compares the
+    data chunk's declared size with the bytes that follow it. Other formats pass (FLAC and MP3 fail or come
+    up short on decode, which `load_audio` reports).
+
+    Args:
+        source: a path, or a seekable binary file object (its position is restored), e.g. a hub row's bytes.
+        found_frames: the frame count libsndfile reports (sf.info(...).frames).
+        sr: the sample rate, for durations in the message.
+        name: what the error names (default: the path).
+    """
     try:
-        shortfall = _data_chunk_shortfall(path)
+        shortfall = _data_chunk_shortfall(source)
     except OSError:
         return  # unreadable here means unreadable for libsndfile too, which has already said so
+    path = source if name is None else name
     if shortfall is None:
         return
     declared_bytes, held_bytes, frames_declared = shortfall
@@ -101,49 +113,59 @@ def _check_declared_length(path: Path, found_frames: int, sr: int) -> None:
                            f"{_frames(found_frames, sr)} ({held_bytes} bytes); {_TRUNCATED_ADVICE}")
 
 
-def _data_chunk_shortfall(path: Path) -> tuple[int, int, int | None] | None:
+def _data_chunk_shortfall(source) -> tuple[int, int, int | None] | None:
     """(declared data bytes, bytes held, declared frames or None) when a RIFF/RIFX WAV's `data` chunk or an
     AIFF's `SSND` chunk is longer than what follows it in the file; None when the file is whole, is another
     format, or declares no usable size (streamed WAVs write 0 or 0xFFFFFFFF)."""
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        head = handle.read(12)
-        if len(head) < 12:
+    if hasattr(source, "read"):
+        start = source.tell()
+        try:
+            return _chunk_shortfall(source, source.seek(0, 2))
+        finally:
+            source.seek(start)
+    with open(source, "rb") as handle:
+        return _chunk_shortfall(handle, os.fstat(handle.fileno()).st_size)
+
+
+def _chunk_shortfall(handle, size: int) -> tuple[int, int, int | None] | None:
+    handle.seek(0)
+    head = handle.read(12)
+    if len(head) < 12:
+        return None
+    if head[:4] in (b"RIFF", b"RIFX") and head[8:12] == b"WAVE":
+        order, audio_chunk = ("<" if head[:4] == b"RIFF" else ">"), b"data"
+    elif head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        order, audio_chunk = ">", b"SSND"
+    else:
+        return None
+    block_align, frames_declared, offset = 0, None, 12
+    for _ in range(256):  # chunks before the audio: fmt, fact, LIST, bext, JUNK, COMM, ...
+        handle.seek(offset)
+        chunk = handle.read(8)
+        if len(chunk) < 8:
             return None
-        if head[:4] in (b"RIFF", b"RIFX") and head[8:12] == b"WAVE":
-            order, audio_chunk = ("<" if head[:4] == b"RIFF" else ">"), b"data"
-        elif head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
-            order, audio_chunk = ">", b"SSND"
-        else:
-            return None
-        block_align, frames_declared, offset = 0, None, 12
-        for _ in range(256):  # chunks before the audio: fmt, fact, LIST, bext, JUNK, COMM, ...
-            handle.seek(offset)
-            chunk = handle.read(8)
-            if len(chunk) < 8:
+        chunk_id, chunk_size = chunk[:4], struct.unpack(order + "I", chunk[4:])[0]
+        if chunk_id == b"fmt " and chunk_size >= 14:
+            body = handle.read(14)
+            if len(body) < 14:
                 return None
-            chunk_id, chunk_size = chunk[:4], struct.unpack(order + "I", chunk[4:])[0]
-            if chunk_id == b"fmt " and chunk_size >= 14:
-                body = handle.read(14)
-                if len(body) < 14:
-                    return None
-                tag, _, _, _, block_align = struct.unpack(order + "HHIIH", body)
-                block_align = block_align if tag in _PCM_TAGS else 0
-            elif chunk_id == b"COMM" and chunk_size >= 6:
-                body = handle.read(6)
-                if len(body) < 6:
-                    return None
-                frames_declared = struct.unpack(">hI", body)[1]
-            elif chunk_id == audio_chunk:
-                held = size - (offset + 8)
-                if chunk_size in (0, 0xFFFFFFFF) or held >= chunk_size:
-                    return None
-                if audio_chunk == b"SSND":  # its data starts with 8 bytes of offset and block size
-                    chunk_size, held = max(chunk_size - 8, 0), held - 8
-                if audio_chunk == b"data" and block_align:
-                    frames_declared = chunk_size // block_align
-                return chunk_size, max(held, 0), frames_declared
-            offset += 8 + chunk_size + (chunk_size & 1)
+            tag, _, _, _, block_align = struct.unpack(order + "HHIIH", body)
+            block_align = block_align if tag in _PCM_TAGS else 0
+        elif chunk_id == b"COMM" and chunk_size >= 6:
+            body = handle.read(6)
+            if len(body) < 6:
+                return None
+            frames_declared = struct.unpack(">hI", body)[1]
+        elif chunk_id == audio_chunk:
+            held = size - (offset + 8)
+            if chunk_size in (0, 0xFFFFFFFF) or held >= chunk_size:
+                return None
+            if audio_chunk == b"SSND":  # its data starts with 8 bytes of offset and block size
+                chunk_size, held = max(chunk_size - 8, 0), held - 8
+            if audio_chunk == b"data" and block_align:
+                frames_declared = chunk_size // block_align
+            return chunk_size, max(held, 0), frames_declared
+        offset += 8 + chunk_size + (chunk_size & 1)
     return None
 
 
