@@ -118,3 +118,14 @@ def test_cli_extract_warns_and_strict_refuses_before_extracting(leaky, tmp_path)
     flat = " ".join(result.output.split())
     assert result.exit_code == 0, result.output
     assert "warning:" in flat and "same audio in two splits: 2" in flat and "--strict makes this an error" in flat
+
+
+def test_class_folders_pass_over_hidden_files_and_folders(tmp_path):
+    _tone(tmp_path / "dog" / "d0.wav", 0)
+    _tone(tmp_path / "cat" / "c0.wav", 1)
+    (tmp_path / "dog" / "._d0.wav").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+    _tone(tmp_path / ".ipynb_checkpoints" / "x.wav", 2)
+    _tone(tmp_path / "cat" / ".trash" / "old.wav", 3)
+    data = FolderDataset(tmp_path, valid_fraction=0.0, test_fraction=0.0)
+    assert data.classes == ["cat", "dog"] and data.clip_ids("train") == ["cat/c0.wav", "dog/d0.wav"]
+    assert validate_dataset(data).ok

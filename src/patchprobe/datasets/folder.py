@@ -64,9 +64,12 @@ class FolderDataset(FileDataset):
 
 
 def _class_files(folder: Path):
-    for class_dir in sorted(d for d in folder.iterdir() if d.is_dir()):
+    """(class, file) for every audio file under a class folder; hidden files and folders (a name starting with
+    '.', e.g. macOS's `._x.wav` resource forks or `.ipynb_checkpoints`) are not data and are passed over."""
+    for class_dir in sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")):
         for path in sorted(class_dir.rglob("*")):
-            if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file():
+            hidden = any(part.startswith(".") for part in path.relative_to(class_dir).parts)
+            if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file() and not hidden:
                 yield class_dir.name, path
 
 
