@@ -281,3 +281,25 @@ def test_check_compares_a_copy_with_the_published_counts(tmp_path):
     result = runner.invoke(app, ["datasets", "check", "fsd50k", "--data-dir", str(fsd)], env={"COLUMNS": "200"})
     assert result.exit_code == 1, result.output  # 14 dev rows are not FSD50K's 40,966
     assert "36796" in result.output.replace(",", "") and "44100" in result.output.replace(",", "")
+
+
+def test_audio_stamps_follow_the_audio(tmp_path):
+    """A bank notices changed audio through `audio_stamp`: equal on reopening, different once a file or table changes."""
+    fsd = hub_fixtures.fsd50k(tmp_path)
+    first = create_dataset("fsd50k", data_dir=fsd).audio_stamp("eval/37199")
+    assert first == create_dataset("fsd50k", data_dir=fsd).audio_stamp("eval/37199")
+    hub_fixtures.sf.write(fsd / "clips" / "eval" / "37199.wav", hub_fixtures.tone(0.8, 44100, 999.0), 44100, subtype="PCM_16")
+    assert create_dataset("fsd50k", data_dir=fsd).audio_stamp("eval/37199") != first
+    audioset = hub_fixtures.audioset(tmp_path)
+    before = create_dataset("as20k", data_dir=audioset)
+    clip = before.clip_ids("test")[0]
+    stamp = before.audio_stamp(clip)
+    assert stamp == create_dataset("as20k", data_dir=audioset).audio_stamp(clip)
+    shard = audioset / "data" / "eval" / "00.parquet"
+    import datasets
+
+    table = datasets.Dataset.from_parquet(str(shard))
+    table.select(range(1, len(table))).to_parquet(str(tmp_path / "shorter.parquet"))
+    (tmp_path / "shorter.parquet").replace(shard)
+    after = create_dataset("as20k", data_dir=audioset)
+    assert after.audio_stamp(after.clip_ids("test")[0]) != stamp

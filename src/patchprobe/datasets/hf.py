@@ -20,7 +20,7 @@ import soundfile as sf
 
 from ..audio.decode import prepare_waveform
 from ..errors import AudioError, DatasetError
-from .base import SPLITS, Clip, ListedDataset
+from .base import SPLITS, Clip, ListedDataset, file_stamp
 
 
 @dataclass(frozen=True)
@@ -256,6 +256,10 @@ class TableAudio:
         self._sources = sources
         self._audio: dict = {}
 
+    def fingerprint(self, source_split: str) -> str | None:
+        """The source split's content fingerprint as `datasets` computes it (changes with its files)."""
+        return getattr(self._sources[source_split], "_fingerprint", None)
+
     def __call__(self, source_split: str, row: int):
         if source_split not in self._audio:
             source = self._sources[source_split]
@@ -305,6 +309,16 @@ class HubDataset(ListedDataset):
 
     def check_audio(self, clip_id: str) -> None:
         entry_seconds(self.audio_entry(self._records[clip_id]), clip_id, self._root)
+
+    def audio_stamp(self, clip_id: str) -> str | None:
+        """What the clip's audio is (see `AudioDataset.audio_stamp`): its file's stamp for file records; for
+        table rows, the table's content fingerprint (which `datasets` derives from its files) and the row."""
+        record = self._records[clip_id]
+        if record.path is not None:
+            path = Path(record.path)
+            return file_stamp(path if path.is_absolute() or self._root is None else self._root / path)
+        fingerprint = self._audio_of.fingerprint(record.source_split) if isinstance(self._audio_of, TableAudio) else None
+        return f"ds:{fingerprint}:{record.row}" if fingerprint else None
 
     def load(self, clip_id: str, target_sr: int | None = None) -> Clip:
         record = self._records[clip_id]
