@@ -99,14 +99,16 @@ def extract(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="leave out clips that fail validation or decoding, and record them in the bank"),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="check every clip's labels and audio header before extracting"),
     strict: bool = typer.Option(False, "--strict", help="make data-hygiene warnings errors (the same audio in two splits, classes without training clips)"),
+    refresh_changed: bool = typer.Option(False, "--refresh-changed", help="re-extract clips whose audio changed since they were stored (default: refuse)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
-    """Build (or resume) a token-map bank from a manifest, a benchmark dataset, or class folders."""
+    """Build (or resume, or repair) a token-map bank from a manifest, a benchmark dataset, or class folders."""
     from .bank import Bank, extract_bank
     from .datasets import ManifestDataset, MixupAugmented, MixupConfig, checked, create_dataset
     from .encoders import create_encoder
 
     try:
+        _check_extract_options(batch_size, chunk_clips, device)
         if (manifest is None) == (dataset is None):
             raise typer.BadParameter("give exactly one of --manifest CSV or --dataset NAME")
         if manifest is not None:
@@ -129,7 +131,8 @@ def extract(
             options["half"] = True
         model = create_encoder(encoder, layer=chosen_layer, device=device, **options)
         extract_bank(data, model, bank, splits=split, batch_size=batch_size, chunk_clips=chunk_clips,
-                     dtype=dtype, skip_bad=skip_bad, progress=not quiet)
+                     dtype=dtype, skip_bad=skip_bad, progress=not quiet,
+                     refresh_changed=refresh_changed, log=lambda text: console.print(f"[yellow]{escape(text)}[/yellow]"))
         _print_info(Bank(bank).describe())
     except (PatchprobeError, ValueError, TypeError) as exc:  # bad options reach us as ValueError/TypeError
         _fail(exc)
@@ -323,12 +326,15 @@ def bench_status(grid: Path = typer.Argument(..., help="GRID.yaml")) -> None:
 
 
 @app.command()
-def info(bank: Path = typer.Argument(..., help="bank folder")) -> None:
-    """Print a bank's shape, size on disk and metadata."""
+def info(
+    bank: Path = typer.Argument(..., help="bank folder"),
+    verify: bool = typer.Option(False, "--verify", help="also check every chunk file's checksum and values (reads the whole bank)"),
+) -> None:
+    """Print a bank's shape, size on disk, metadata and problems (exit code 2 when it is incomplete or damaged)."""
     from .bank import Bank
 
     try:
-        _print_info(Bank(bank).describe())
+        _print_bank_check(Bank(bank), verify)
     except PatchprobeError as exc:
         _fail(exc)
 
@@ -416,20 +422,65 @@ def _fmt(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _check_extract_options(batch_size: int | None, chunk_clips: int, device: str) -> None:
+    """`extract`: sizes and device are checked before any data is read or written."""
+    from .encoders.base import check_device
+
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size: batch size must be a positive number of clips; got {batch_size}")
+    if chunk_clips < 1:
+        raise ValueError(f"--chunk-clips: chunk size must be a positive number of clips; got {chunk_clips}")
+    check_device(device)
+
+
+def _print_bank_check(handle, verify: bool) -> None:
+    """`info`: the description, then every problem (with --verify: checksums and values too); exit 2 if any."""
+    described = handle.describe()
+    _print_info(described)
+    problems = handle.verify(full=True) if verify else described["problems"]
+    found = [problem for listed in problems.values() for problem in listed]
+    for problem in found:
+        console.print(f"[bold red]problem:[/bold red] {escape(problem)}", soft_wrap=True)
+    if found:
+        raise typer.Exit(code=2)
+    if verify:
+        console.print("verified: every chunk file matches its checksum and holds finite values")
+
+
 def _print_info(described: dict) -> None:
-    console.print(f"[bold]{described['path']}[/bold]")
+    # Piped output (rich defaults to 80 columns off a terminal) goes through a wide console so no column is cut.
+    out = console if console.is_terminal else Console(width=400)
+    out.print(f"[bold]{escape(described['path'])}[/bold]", soft_wrap=True)
     for key in ("encoder", "encoder_config_hash", "dataset", "multilabel", "library_version"):
-        console.print(f"  {key}: {described.get(key)}")
-    console.print(f"  classes ({len(described['classes'])}): {', '.join(described['classes'][:12])}{' ...' if len(described['classes']) > 12 else ''}")
-    table = Table("split", "clips", "token grid", "time steps", "global", "dtype", "size", "per clip", "complete", "skipped")
+        out.print(f"  {key}: {escape(str(described.get(key)))}", soft_wrap=True)
+    classes = described.get("classes", [])
+    out.print(f"  classes ({len(classes)}): {escape(', '.join(classes[:12]))}{' ...' if len(classes) > 12 else ''}", soft_wrap=True)
+    table = Table("split", "clips", "token grid", "time steps", "global", "dtype", "layer", "sample rate", "size", "per clip",
+                  "complete", "skipped", "created")
     for name, split in described["splits"].items():
         steps = split["time_steps"]
         table.add_row(
             name, f"{split['clips']}/{split['of']}", split["token_grid"], f"{steps['min']}-{steps['max']}" if steps else "-",
-            str(split["global_dim"]), split["dtype"], _bytes(split["bytes"]), _bytes(split["bytes_per_clip"]),
-            "yes" if split["complete"] else "no", str(split["skipped"]),
+            str(split["global_dim"]), split["dtype"], escape(str(split["layer"] if split["layer"] is not None else "last")),
+            f"{split['sample_rate']} Hz", _bytes(split["bytes"]), _bytes(split["bytes_per_clip"]),
+            "yes" if split["complete"] else f"no ({split['missing']} missing)" if split["missing"] else "no", str(split["skipped"]),
+            split["created"] or "-",
         )
-    console.print(table)
+    out.print(table)
+    for name, split in described["splits"].items():
+        if split["skipped"]:
+            shown = "; ".join(f"{clip}: {reason}" for clip, reason in split["skipped_clips"].items())
+            more = f" (and {split['skipped'] - len(split['skipped_clips'])} more)" if split["skipped"] > len(split["skipped_clips"]) else ""
+            out.print(f"  {name}: {split['skipped']} clip(s) left out by --skip-bad: {escape(shown)}{more}", soft_wrap=True)
+    splits = list(described["splits"])
+    if splits and classes:
+        # At most 40 rows: the rarest classes in the first split are what a user needs to see.
+        rows = sorted(classes, key=lambda c: described["splits"][splits[0]]["positives"].get(c, 0))
+        title = "positives per class" + ("" if len(rows) <= 40 else f" (the 40 rarest in {splits[0]} of {len(rows)})")
+        positives = Table("class", *splits, title=title)
+        for label in rows[:40]:
+            positives.add_row(escape(label), *(str(described["splits"][s]["positives"].get(label, 0)) for s in splits))
+        out.print(positives)
 
 
 def _bytes(count: int) -> str:
