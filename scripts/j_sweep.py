@@ -19,7 +19,8 @@ from patchprobe._io import write_json
 from patchprobe.report import markdown_table
 from patchprobe.report.figures import sweep_plot
 from patchprobe.sweep import grid_then_seeds
-from patchprobe.train import TrainConfig, load_bank_splits
+from patchprobe.bank import LoadedBank
+from patchprobe.train import TrainConfig
 
 
 def main() -> None:
@@ -39,8 +40,8 @@ def main() -> None:
         for probe in args.probes
         for j in args.J
     }
-    splits = load_bank_splits(args.bank, device=args.device)
-    table = grid_then_seeds(args.bank, variants, {name: args.lrs for name in variants}, args.seeds, args.out, splits=splits)
+    bank = LoadedBank.load(args.bank, device=args.device)
+    table = grid_then_seeds(bank, variants, {name: args.lrs for name in variants}, args.seeds, args.out)
     rows = []
     for name, cell in table.items():
         probe, j = name.split("/J=")

@@ -6,7 +6,8 @@ import torch
 
 from patchprobe.errors import PatchprobeError
 from patchprobe.report import analyze_run, pairwise_cosines, prototype_usage
-from patchprobe.train import TrainConfig, fit, load_bank_splits, load_probe
+from patchprobe.bank import LoadedBank
+from patchprobe.train import TrainConfig, fit, load_probe
 
 
 def _train(bank, tmp_path, probe, **args):
@@ -23,7 +24,7 @@ def test_pairwise_cosines_of_known_vectors():
 def test_prototype_usage_counts_every_valid_token_and_true_class(tiny_bank, tmp_path):
     run = _train(tiny_bank, tmp_path, "protobin", prototypes_per_class=2)
     probe = load_probe(run)
-    test = load_bank_splits(tiny_bank)["test"]
+    test = LoadedBank.load(tiny_bank)["test"]
     usage = prototype_usage(probe, test, batch_size=3)
     assert usage["token_wins"].sum() == int(test.mask.sum())
     assert usage["class_wins"].sum() == int(test.labels.sum())

@@ -8,7 +8,8 @@ import torch
 from patchprobe._io import write_json
 from patchprobe.bank.store import SplitMeta, SplitWriter
 from patchprobe.sweep import SweepConfig, run_sweep
-from patchprobe.train import TrainConfig, fit, fit_lbfgs, load_bank_splits, load_probe, search_l2, train_probes
+from patchprobe.bank import LoadedBank
+from patchprobe.train import TrainConfig, fit, fit_lbfgs, load_probe, search_l2, train_probes
 
 
 def separable_bank(root, classes=3, dim=8, seed=0):
@@ -39,9 +40,10 @@ def bank(tmp_path):
 
 
 def test_lbfgs_reaches_the_optimum_and_searched_sgd_comes_within_a_point(bank):
-    splits = load_bank_splits(bank)
+    loaded = LoadedBank.load(bank)
+    splits = loaded.splits
     chosen, scores, edge = search_l2(splits["train"], splits["valid"], TrainConfig(probe="linear"))
-    result = fit(bank, [chosen], [bank.parent / "lbfgs"], splits=splits, progress=False)[0]
+    result = fit(loaded, [chosen], [bank.parent / "lbfgs"], progress=False)[0]
     assert result.metrics["test"]["accuracy"] == 1.0 and result.history[0]["lbfgs_iterations"] > 0
     # converged: the gradient of the regularised loss vanishes at the solution
     probe = result.probe
@@ -59,8 +61,9 @@ def test_lbfgs_reaches_the_optimum_and_searched_sgd_comes_within_a_point(bank):
 
 
 def test_standardisation_uses_training_statistics_and_survives_save_load_and_export(bank, tmp_path):
-    splits = load_bank_splits(bank)
-    result = fit(bank, [TrainConfig(probe="linear", lr=0.1, epochs=3)], [tmp_path / "run"], splits=splits, progress=False)[0]
+    loaded = LoadedBank.load(bank)
+    splits = loaded.splits
+    result = fit(loaded, [TrainConfig(probe="linear", lr=0.1, epochs=3)], [tmp_path / "run"], progress=False)[0]
     pooled = splits["train"].tokens.float().mean(dim=(1, 2)).double()
     torch.testing.assert_close(result.probe.norm.mean.double(), pooled.mean(0), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(result.probe.norm.std.double(), torch.sqrt(pooled.var(0, unbiased=False) + 1e-5), rtol=1e-5, atol=1e-4)
@@ -82,13 +85,15 @@ def test_standardisation_uses_training_statistics_and_survives_save_load_and_exp
 
 
 def test_lbfgs_refuses_probes_that_learn_their_pooling(bank):
-    splits = load_bank_splits(bank)
+    loaded = LoadedBank.load(bank)
+    splits = loaded.splits
     with pytest.raises(ValueError, match="learns its pooling"):
         fit_lbfgs(splits["train"], TrainConfig(probe="mhca", solver="lbfgs"))
 
 
 def test_edge_flags_when_the_optimum_sits_at_a_bound(bank, tmp_path):
-    splits = load_bank_splits(bank)
+    loaded = LoadedBank.load(bank)
+    splits = loaded.splits
     _, scores, edge = search_l2(splits["train"], splits["valid"], TrainConfig(probe="linear"), grid=(1e-3, 1e5))
     assert edge == "low" and scores[1e-3] > scores[1e5]  # 1e5 crushes the weights: the weakest strength wins
     config = SweepConfig(probe="linear", trials=1, epochs=2, seeds=1)

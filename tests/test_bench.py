@@ -7,7 +7,7 @@ import yaml
 from typer.testing import CliRunner
 
 from patchprobe.cli import app
-from patchprobe.sweep.bench import grid_status, run_grid
+from patchprobe.bench import grid_status, run_grid
 
 runner = CliRunner()
 

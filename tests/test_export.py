@@ -6,7 +6,8 @@ import torch
 
 from patchprobe.export import ExportError, example_inputs, export_onnx, export_run, load_packed
 from patchprobe.probes import PROBES, create_probe
-from patchprobe.train import TrainConfig, fit, load_bank_splits, load_probe, predict
+from patchprobe.bank import LoadedBank
+from patchprobe.train import TrainConfig, fit, load_probe, predict
 
 
 @pytest.fixture
@@ -20,7 +21,7 @@ def test_packed_round_trip_gives_the_trained_logits_exactly(protobin_run, tiny_b
     result = export_run(protobin_run, "packed")
     trained = load_probe(protobin_run)
     packed = load_packed(result["path"])
-    test = load_bank_splits(tiny_bank)["test"]
+    test = LoadedBank.load(tiny_bank)["test"]
     np.testing.assert_array_equal(predict(packed, test), predict(trained, test))
     assert packed.classes == json.loads((protobin_run / "config.json").read_text())["bank"]["classes"]
     # 9 prototypes x 32 dims: 4 bytes per prototype instead of 128.

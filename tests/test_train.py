@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from patchprobe.probes import PROBES
-from patchprobe.train import TrainConfig, fit, load_bank_splits, load_probe, predict, train_probes
+from patchprobe.bank import LoadedBank
+from patchprobe.train import TrainConfig, fit, load_probe, predict, train_probes
 
 
 @pytest.fixture
@@ -14,7 +15,8 @@ def bank(tiny_bank):
 
 
 def test_shared_pass_equals_separate_training_and_is_deterministic(bank):
-    splits = load_bank_splits(bank)
+    loaded = LoadedBank.load(bank)
+    splits = loaded.splits
     configs = [TrainConfig(probe=p, epochs=3, batch_size=4, lr=3e-3) for p in ("linear", "mhca", "protobin")]
     together = train_probes(splits["train"], configs, progress=False)
     for config, shared in zip(configs, together):
@@ -30,7 +32,8 @@ OVERFIT_LR = {"mhca": 3e-3, "ep": 1e-2, "linpre": 1e-1, "proto": 1e-1, "protobin
 
 def test_every_probe_fits_a_tiny_multilabel_bank(bank):
     """All thirteen probes, trained together in one shared pass: each must overfit the 12 training clips."""
-    splits = load_bank_splits(bank)
+    loaded = LoadedBank.load(bank)
+    splits = loaded.splits
     configs = [TrainConfig(probe=p, epochs=60, batch_size=4, lr=OVERFIT_LR.get(p, 3e-2), warmup_epochs=2) for p in PROBES.names()]
     results = train_probes(splits["train"], configs, {"train": splits["train"]}, progress=False)
     for result in results:
@@ -48,12 +51,13 @@ def test_fit_writes_a_reproducible_run_folder(bank, tmp_path):
     assert TrainConfig(**saved["train"]) == config
     assert saved["bank"]["encoder"] == "toy-vit" and saved["probe"]["num_parameters"] == result.probe.num_parameters()
     reloaded = load_probe(out)
-    test = load_bank_splits(bank)["test"]
+    test = LoadedBank.load(bank)["test"]
     np.testing.assert_allclose(predict(reloaded, test), predict(result.probe, test), atol=1e-6)
 
 
 def test_cross_entropy_refused_on_multilabel_bank(bank):
-    splits = load_bank_splits(bank)
+    loaded = LoadedBank.load(bank)
+    splits = loaded.splits
     with pytest.raises(ValueError, match="multi-label"):
         train_probes(splits["train"], [TrainConfig(probe="linear", loss="ce", epochs=1)], progress=False)
 
@@ -61,13 +65,15 @@ def test_cross_entropy_refused_on_multilabel_bank(bank):
 def test_a_diverging_config_does_not_stop_the_shared_pass(bank, tmp_path):
     from patchprobe.sweep import grid_then_seeds
 
-    splits = load_bank_splits(bank)
+    loaded = LoadedBank.load(bank)
+
+    splits = loaded.splits
     configs = [TrainConfig(probe="linear", epochs=2, batch_size=4, lr=1e-2), TrainConfig(probe="mhca", epochs=2, batch_size=4, lr=1e30)]
     good, bad = train_probes(splits["train"], configs, {"test": splits["test"]}, progress=False)
     assert good.diverged is None and "map" in good.metrics["test"]
     assert "lower the learning rate" in bad.diverged and bad.metrics == {}
     # A grid search ranks the diverged rate last and reports it as null.
-    table = grid_then_seeds(bank, {"mhca": TrainConfig(probe="mhca", epochs=2, batch_size=4)}, {"mhca": [1e-3, 1e30]},
-                            [0, 1], tmp_path / "runs", splits=splits, progress=False)
+    table = grid_then_seeds(loaded, {"mhca": TrainConfig(probe="mhca", epochs=2, batch_size=4)}, {"mhca": [1e-3, 1e30]},
+                            [0, 1], tmp_path / "runs", progress=False)
     assert table["mhca"]["lr"] == 1e-3 and table["mhca"]["lr_candidates"]["1e+30"] is None
     assert set(table["mhca"]["test_per_seed"]) == {"0", "1"}

@@ -1,30 +1,34 @@
 """patchprobe: probe frozen audio encoders through their patch tokens.
 
-The data flow, one sub-package each: audio -> encoders -> bank -> probes -> train -> report
-(and `export` for deployment);
-datasets feed audio and labels in. The names below are the public API the CLI also uses.
+The data flow, one sub-package each, lower layers never importing higher ones (tests/test_architecture.py):
+audio -> datasets -> encoders -> bank -> probes -> train -> sweep -> report -> export -> demo/bench -> cli.
+The names below are the public API the CLI also uses.
 """
 
-__version__ = "0.1.0"
-
-from .bank import Bank, BankSplit, extract_bank  # noqa: E402
-from .datasets import ManifestDataset, SyntheticConfig, create_dataset, load_synthetic_dataset  # noqa: E402
-from .encoders import create_encoder  # noqa: E402
-from .errors import AudioError, BankError, ManifestError, PatchprobeError  # noqa: E402
-from .export import export_onnx, export_packed, export_run, load_packed  # noqa: E402
-from .probes import PROBES, create_probe  # noqa: E402
-from .report import analyze_run, collect_runs  # noqa: E402
-from .train import TrainConfig, fit, load_probe, train_probes  # noqa: E402
+from ._version import __version__
+from .bank import Bank, BankSplit, LoadedBank, extract_bank
+from .datasets import ManifestDataset, SyntheticConfig, create_dataset, load_synthetic_dataset
+from .encoders import create_encoder
+from .errors import AudioError, BankError, CheckpointError, ExportError, ManifestError, PatchprobeError, RunError
+from .export import export_onnx, export_packed, export_run, load_packed
+from .probes import PROBES, create_probe
+from .report import analyze_run, collect_runs
+from .train import Run, TrainConfig, fit, load_probe, train_probes
 
 __all__ = [
     "AudioError",
     "Bank",
     "BankError",
     "BankSplit",
+    "CheckpointError",
+    "ExportError",
+    "LoadedBank",
     "ManifestDataset",
     "ManifestError",
     "PROBES",
     "PatchprobeError",
+    "Run",
+    "RunError",
     "SyntheticConfig",
     "TrainConfig",
     "__version__",

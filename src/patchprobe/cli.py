@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 from rich.console import Console
@@ -36,11 +38,45 @@ def _split_list(text: str) -> list[str]:
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
+    console.print(f"[bold red]error:[/bold red] {escape(_describe_error(exc))}")
     raise typer.Exit(code=2)
 
 
-@app.command()
+# What bad input raises: patchprobe's own errors, pydantic's (a ValueError), bad values and types passed on to
+# constructors, and files that cannot be read. A bug raises something else and keeps its traceback.
+USER_ERRORS = (PatchprobeError, ValueError, TypeError, OSError, EOFError)
+
+
+def _describe_error(exc: Exception) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return str(exc)
+
+
+def command(*args, **kwargs) -> Callable:
+    """`app.command`, with the one error handler every command shares: a user error is one red line and exit code 2.
+
+    Set PATCHPROBE_DEBUG=1 to get the traceback instead.
+    """
+
+    def register(function: Callable) -> Callable:
+        @functools.wraps(function)
+        def run(*call_args, **call_kwargs):
+            try:
+                return function(*call_args, **call_kwargs)
+            except USER_ERRORS as exc:
+                if os.environ.get("PATCHPROBE_DEBUG"):
+                    raise
+                _fail(exc)
+
+        return (kwargs.pop("app", None) or app).command(*args, **kwargs)(run)
+
+    return register
+
+
+@command()
 def demo(
     encoder: str = typer.Option("tiny-mae", help="encoder to probe (tiny-mae, toy-vit, birdnet)"),
     out: Path = typer.Option(Path("patchprobe-demo"), help="results folder (reused and resumed on rerun)"),
@@ -54,8 +90,6 @@ def demo(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Synthetic localized events -> encoder -> bank -> probes (linear / mhca / protobin by default) -> table and figure."""
-    from pydantic import ValidationError
-
     from .demo import DemoConfig, results_markdown, run_demo
 
     settings = {
@@ -63,13 +97,8 @@ def demo(
         "probes": _split_list(probes), "seeds": list(range(seeds)), "kinds": _split_list(kinds),
         "prototypes_per_class": prototypes_per_class,
     }
-    try:
-        config = DemoConfig.quick_mode(**settings) if quick else DemoConfig(**settings)
-        summary = run_demo(config, progress=not quiet, console=console)
-    except ValidationError as exc:
-        _fail(ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())))
-    except PatchprobeError as exc:
-        _fail(exc)
+    config = DemoConfig.quick_mode(**settings) if quick else DemoConfig(**settings)
+    summary = run_demo(config, progress=not quiet, console=console)
     console.print()
     console.print(results_markdown(summary))
     for kind, gaps in summary["gaps"].items() if len(config.probes) <= 4 else ():
@@ -77,7 +106,7 @@ def demo(
     console.print(f"\nwrote {out / 'summary.json'}, {out / 'results.md'}, {out / 'demo_results.png'}  ({summary['timings']['total_s']:.0f} s)")
 
 
-@app.command()
+@command()
 def extract(
     encoder: str = typer.Option(..., help="registered encoder name (see `patchprobe encoders`)"),
     bank: Path = typer.Option(..., help="bank folder to create or resume"),
@@ -107,38 +136,35 @@ def extract(
     from .datasets import ManifestDataset, MixupAugmented, MixupConfig, checked, create_dataset
     from .encoders import create_encoder
 
-    try:
-        _check_extract_options(batch_size, chunk_clips, device)
-        if (manifest is None) == (dataset is None):
-            raise typer.BadParameter("give exactly one of --manifest CSV or --dataset NAME")
-        if manifest is not None:
-            data = ManifestDataset(manifest, multilabel=multilabel)
-        else:
-            options = _parse_pairs(dataset_arg, "--dataset-arg")
-            data = create_dataset(dataset, data_dir=data_dir, **options)
-        if validate:
-            data = checked(data, skip_bad=skip_bad, splits=split, progress=not quiet, strict=strict,
-                           warn=lambda text: console.print(f"[yellow]warning:[/yellow] {escape(text)}"))
-        elif strict:
-            raise typer.BadParameter("--strict needs validation; drop --no-validate")
-        if augment_variants:
-            data = MixupAugmented(data, MixupConfig(variants=augment_variants))
-        chosen_layer = int(layer) if layer and layer.lstrip("-").isdigit() else layer
-        options = _parse_pairs(encoder_arg, "--encoder-arg")
-        if checkpoint is not None:
-            options["checkpoint"] = str(checkpoint)
-        if half:
-            options["half"] = True
-        model = create_encoder(encoder, layer=chosen_layer, device=device, **options)
-        extract_bank(data, model, bank, splits=split, batch_size=batch_size, chunk_clips=chunk_clips,
-                     dtype=dtype, skip_bad=skip_bad, progress=not quiet,
+    _check_extract_options(batch_size, chunk_clips, device)
+    if (manifest is None) == (dataset is None):
+        raise typer.BadParameter("give exactly one of --manifest CSV or --dataset NAME")
+    if manifest is not None:
+        data = ManifestDataset(manifest, multilabel=multilabel)
+    else:
+        options = _parse_pairs(dataset_arg, "--dataset-arg")
+        data = create_dataset(dataset, data_dir=data_dir, **options)
+    if validate:
+        data = checked(data, skip_bad=skip_bad, splits=split, progress=not quiet, strict=strict,
+                       warn=lambda text: console.print(f"[yellow]warning:[/yellow] {escape(text)}"))
+    elif strict:
+        raise typer.BadParameter("--strict needs validation; drop --no-validate")
+    if augment_variants:
+        data = MixupAugmented(data, MixupConfig(variants=augment_variants))
+    chosen_layer = int(layer) if layer and layer.lstrip("-").isdigit() else layer
+    options = _parse_pairs(encoder_arg, "--encoder-arg")
+    if checkpoint is not None:
+        options["checkpoint"] = str(checkpoint)
+    if half:
+        options["half"] = True
+    model = create_encoder(encoder, layer=chosen_layer, device=device, **options)
+    extract_bank(data, model, bank, splits=split, batch_size=batch_size, chunk_clips=chunk_clips,
+                 dtype=dtype, skip_bad=skip_bad, progress=not quiet,
                      refresh_changed=refresh_changed, log=lambda text: console.print(f"[yellow]{escape(text)}[/yellow]"))
-        _print_info(Bank(bank).describe())
-    except (PatchprobeError, ValueError, TypeError) as exc:  # bad options reach us as ValueError/TypeError
-        _fail(exc)
+    _print_info(Bank(bank).describe())
 
 
-@app.command()
+@command()
 def train(
     bank: Path = typer.Option(..., help="bank folder built by `patchprobe extract`"),
     probe: str = typer.Option(..., help="probe name (see `patchprobe probes`)"),
@@ -153,31 +179,33 @@ def train(
     prototypes_per_class: Optional[int] = typer.Option(None, help="J for protobin (default 20)"),
     probe_arg: Optional[list[str]] = typer.Option(None, help="extra probe argument KEY=VALUE (JSON value), repeatable"),
     device: str = typer.Option("cpu"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a finished run of another setting in --out"),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
-    """Train one probe on a bank and evaluate it on the bank's valid and test splits."""
-    from .train import TrainConfig, fit, load_bank_splits, search_l2
+    """Train one probe on a bank and evaluate it on the bank's valid and test splits.
+
+    A finished run of the same setting in --out is kept and shown; one of another setting is refused
+    unless --overwrite.
+    """
+    from .bank import LoadedBank
+    from .train import TrainConfig, fit, search_l2
 
     args = _parse_pairs(probe_arg, "--probe-arg")
     if prototypes_per_class is not None:
         args["prototypes_per_class"] = prototypes_per_class
-    try:
-        if solver not in ("adamw", "lbfgs"):
-            raise typer.BadParameter("--solver must be adamw or lbfgs")
-        config = TrainConfig(probe=probe, probe_args=args, epochs=epochs, lr=lr, weight_decay=1e-4 if weight_decay is None else weight_decay,
-                             batch_size=batch_size, loss=loss, seed=seed, data_seed=seed, device=device, solver=solver)
-        splits = load_bank_splits(bank, device=device)
-        if solver == "lbfgs" and weight_decay is None:
-            if "valid" not in splits:
-                raise ValueError(f"{bank}: searching the L2 strength needs a valid split; pass --weight-decay instead")
-            config, scores, edge = search_l2(splits["train"], splits["valid"], config)
-            console.print("L2 strength on valid: " + ", ".join(f"{k:g}: {v:.4f}" for k, v in scores.items())
-                          + f" -> {config.weight_decay:g}" + (f" (at the {edge} end of the grid)" if edge else ""))
-        result = fit(bank, [config], [out], splits=splits, progress=not quiet)[0]
-        if result.diverged:
-            raise ValueError(result.diverged)
-    except (PatchprobeError, ValueError, TypeError) as exc:
-        _fail(exc)
+    if solver not in ("adamw", "lbfgs"):
+        raise typer.BadParameter("--solver must be adamw or lbfgs")
+    config = TrainConfig(probe=probe, probe_args=args, epochs=epochs, lr=lr, weight_decay=1e-4 if weight_decay is None else weight_decay,
+                         batch_size=batch_size, loss=loss, seed=seed, data_seed=seed, device=device, solver=solver)
+    loaded = LoadedBank.load(bank, device=device)
+    if solver == "lbfgs" and weight_decay is None:
+        loaded.require("valid", purpose="searching the L2 strength (or pass --weight-decay)")
+        config, scores, edge = search_l2(loaded.train, loaded["valid"], config)
+        console.print("L2 strength on valid: " + ", ".join(f"{k:g}: {v:.4f}" for k, v in scores.items())
+                      + f" -> {config.weight_decay:g}" + (f" (at the {edge} end of the grid)" if edge else ""))
+    result = fit(loaded, [config], [out], progress=not quiet, overwrite=overwrite)[0]
+    if result.diverged:
+        raise ValueError(result.diverged)
     table = Table(title=f"{probe} on {bank} ({result.probe.num_parameters():,} parameters, {result.seconds:.1f} s)")
     table.add_column("split")
     metrics = sorted({k for m in result.metrics.values() for k in m})
@@ -186,10 +214,13 @@ def train(
     for split, values in result.metrics.items():
         table.add_row(split, *[_fmt(values.get(name)) for name in metrics])
     console.print(table)
-    console.print(f"wrote {out}/config.json, metrics.json, probe.safetensors")
+    if result.reused:
+        console.print(f"{out} already held this finished run: kept it (nothing trained)")
+    else:
+        console.print(f"wrote {out}/config.json, metrics.json, probe.safetensors")
 
 
-@app.command()
+@command()
 def analyze(
     run: Path = typer.Argument(..., help="run folder of a prototype or attentive probe"),
     out: Optional[Path] = typer.Option(None, help="output folder (default: RUN/analysis)"),
@@ -201,10 +232,7 @@ def analyze(
     """Prototype similarity histogram, dead prototypes and heatmaps (or attention maps) over the spectrogram."""
     from .report import analyze_run
 
-    try:
-        report = analyze_run(run, out=out, split=split, clips=clips, compare=compare, manifest=manifest)
-    except PatchprobeError as exc:
-        _fail(exc)
+    report = analyze_run(run, out=out, split=split, clips=clips, compare=compare, manifest=manifest)
     folder = out or run / "analysis"
     for name, stats in report.get("cosine_similarity", {}).items():
         console.print(f"{name}: pairwise cosine mean {stats['mean']:+.3f}, sd {stats['sd']:.3f}, mean |cos| {stats['mean_abs']:.3f}")
@@ -216,7 +244,7 @@ def analyze(
     console.print(f"wrote {folder}/analysis.json and {len(report['figures'])} figures: {', '.join(report['figures'])}")
 
 
-@app.command()
+@command()
 def plot(
     runs: Path = typer.Argument(..., help="folder holding run folders (searched recursively)"),
     x: str = typer.Option(..., help="setting on the x axis: a probe argument (prototypes_per_class), lr or weight_decay"),
@@ -229,15 +257,12 @@ def plot(
     from .report import collect_runs, markdown_table, sweep_plot
 
     path = out or runs / f"{metric}_vs_{x}.png"
-    try:
-        table = sweep_plot(collect_runs(runs), x, path, metric=metric, split=split, log_x=not linear_x)
-    except (PatchprobeError, ValueError) as exc:
-        _fail(exc)
+    table = sweep_plot(collect_runs(runs), x, path, metric=metric, split=split, log_x=not linear_x)
     console.print(markdown_table(table, floatfmt=".4f"))
     console.print(f"wrote {path}")
 
 
-@app.command()
+@command()
 def sweep(
     bank: Path = typer.Option(..., help="bank folder (train and valid drive the search, test the final runs)"),
     probe: str = typer.Option(..., help="probe name (see `patchprobe probes`)"),
@@ -257,16 +282,13 @@ def sweep(
     """The paper's search for one (bank, probe): Sobol then TPE over lr and weight decay, pruned, then 3 seeds."""
     from .sweep import SweepConfig, run_sweep
 
-    try:
-        bounds = tuple(float(x) for x in _split_list(lr_range)) if lr_range else None
-        if bounds is not None and (len(bounds) != 2 or not 0 < bounds[0] < bounds[1]):
-            raise typer.BadParameter("--lr-range needs LOW,HIGH with 0 < LOW < HIGH")
-        config = SweepConfig(probe=probe, probe_args=_parse_pairs(probe_arg, "--probe-arg"), trials=trials,
-                             startup_trials=startup_trials, epochs=epochs, seeds=seeds, lr_range=bounds, prune=not no_prune,
-                             device=device)
-        summary = run_sweep(bank, config, out, storage=storage, study_name=study_name, progress=not quiet)
-    except (PatchprobeError, ValueError, TypeError) as exc:
-        _fail(exc)
+    bounds = tuple(float(x) for x in _split_list(lr_range)) if lr_range else None
+    if bounds is not None and (len(bounds) != 2 or not 0 < bounds[0] < bounds[1]):
+        raise typer.BadParameter("--lr-range needs LOW,HIGH with 0 < LOW < HIGH")
+    config = SweepConfig(probe=probe, probe_args=_parse_pairs(probe_arg, "--probe-arg"), trials=trials,
+                         startup_trials=startup_trials, epochs=epochs, seeds=seeds, lr_range=bounds, prune=not no_prune,
+                         device=device)
+    summary = run_sweep(bank, config, out, storage=storage, study_name=study_name, progress=not quiet)
     if summary is None:
         console.print("this worker is done; other workers still run trials (the last one writes summary.json)")
         return
@@ -284,19 +306,16 @@ bench_app = typer.Typer(help="The benchmark grid: encoders x datasets x probes a
 app.add_typer(bench_app, name="bench")
 
 
-@bench_app.command("run")
+@command("run", app=bench_app)
 def bench_run(
     grid: Path = typer.Argument(..., help="GRID.yaml (see docs/sweeps.md)"),
     poll: float = typer.Option(10.0, help="seconds between looks at jobs other workers hold"),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Do every unfinished job of the grid (start this on as many machines as you like), then write the results table."""
-    from .sweep.bench import run_grid
+    from .bench import run_grid
 
-    try:
-        table = run_grid(grid, poll_seconds=poll, progress=not quiet, log=lambda message: console.print(escape(message)))
-    except (PatchprobeError, ValueError, TypeError, FileNotFoundError) as exc:
-        _fail(exc)
+    table = run_grid(grid, poll_seconds=poll, progress=not quiet, log=lambda message: console.print(escape(message)))
     if table.empty:
         console.print("no results yet")
         return
@@ -305,15 +324,12 @@ def bench_run(
     console.print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
 
-@bench_app.command("status")
+@command("status", app=bench_app)
 def bench_status(grid: Path = typer.Argument(..., help="GRID.yaml")) -> None:
     """Progress of a grid: every job's state, trials done per search, and an ETA for one worker."""
-    from .sweep.bench import grid_status
+    from .bench import grid_status
 
-    try:
-        status = grid_status(grid)
-    except (PatchprobeError, ValueError, TypeError, FileNotFoundError) as exc:
-        _fail(exc)
+    status = grid_status(grid)
     table = Table("job", "state", "trials", title=f"grid {status['grid']}")
     for job in status["jobs"]:
         table.add_row(job["job"], job["state"], "-" if job["trials"] is None else str(job["trials"]))
@@ -325,7 +341,7 @@ def bench_status(grid: Path = typer.Argument(..., help="GRID.yaml")) -> None:
     console.print(f"{counts}; ETA {eta_text}")
 
 
-@app.command()
+@command()
 def info(
     bank: Path = typer.Argument(..., help="bank folder"),
     verify: bool = typer.Option(False, "--verify", help="also check every chunk file's checksum and values (reads the whole bank)"),
@@ -333,13 +349,10 @@ def info(
     """Print a bank's shape, size on disk, metadata and problems (exit code 2 when it is incomplete or damaged)."""
     from .bank import Bank
 
-    try:
-        _print_bank_check(Bank(bank), verify)
-    except PatchprobeError as exc:
-        _fail(exc)
+    _print_bank_check(Bank(bank), verify)
 
 
-@app.command()
+@command()
 def encoders() -> None:
     """List the registered encoders: input rate, front-end, token grid of a 10 s clip, [cls], where the weights live."""
     from .encoders import ENCODERS
@@ -354,9 +367,16 @@ def encoders() -> None:
     console.print(table)
 
 
-@app.command()
-def datasets() -> None:
+datasets_app = typer.Typer(help="The benchmark datasets: list them, or check a local copy before extracting.",
+                           invoke_without_command=True)
+app.add_typer(datasets_app, name="datasets")
+
+
+@datasets_app.callback()
+def datasets(ctx: typer.Context) -> None:
     """List the benchmark datasets: source, classes, task, metrics and protocol options (with defaults)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from .datasets import DATASETS, SPECS
 
     table = Table(title="benchmark datasets")
@@ -365,13 +385,52 @@ def datasets() -> None:
     for key, spec in SPECS.items():
         table.add_row(key, escape(spec.hub_id + (f" ({spec.config})" if spec.config else "")), spec.classes,
                       "multi-label" if spec.multilabel else "multi-class", ", ".join(spec.metrics),
-                      escape(", ".join(f"{k}={v}" for k, v in spec.options.items() if k != "drop_rows")))
+                      escape(", ".join(f"{k}={v}" for k, v in spec.options.items())))
     console.print(table)
     others = [name for name in DATASETS.names() if name not in SPECS]
     console.print(f"also: {', '.join(f'{n} ({DATASETS.description(n)})' for n in others)}")
+    console.print("`patchprobe datasets check KEY --data-dir DIR` checks a local copy against the published counts.")
 
 
-@app.command()
+@command("check", app=datasets_app)
+def datasets_check(
+    key: str = typer.Argument(..., help="benchmark dataset key (see `patchprobe datasets`)"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="the local copy (default: the Hugging Face cache)"),
+    dataset_arg: Optional[list[str]] = typer.Option(None, "--dataset-arg", help="protocol option KEY=VALUE (repeatable)"),
+    sample: int = typer.Option(200, help="audio headers to read (0 = every clip)"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
+    """Check a benchmark dataset's copy before extracting: rows per split and classes against the published
+    counts, sample rates, missing or unreadable audio. Exit code 1 when something differs."""
+    from .datasets import SPECS, check_dataset
+
+    if key not in SPECS:
+        raise typer.BadParameter(f"{key!r} is not a benchmark dataset; choose one of {', '.join(SPECS)}", param_hint="KEY")
+    report = check_dataset(key, data_dir=data_dir, sample=sample or None, **_parse_pairs(dataset_arg, "--dataset-arg"))
+    if as_json:
+        console.print_json(json.dumps({**report.model_dump(), "ok": report.ok}))
+    else:
+        table = Table(title=f"{key}: source rows per split")
+        for column in ("split", "found", "expected", ""):
+            table.add_column(column)
+        for row in report.source:
+            expected = "-" if row.expected is None else f"{row.expected:,}"
+            table.add_row(row.split, "-" if row.found is None else f"{row.found:,}", expected, "ok" if row.matches else "[red]differs[/red]")
+        console.print(table)
+        expected_classes = "" if report.expected_classes is None else f" (expected {report.expected_classes})"
+        console.print(f"classes: {report.classes}{expected_classes}; clips we build: "
+                      + ", ".join(f"{split} {count:,}" for split, count in report.clips.items()))
+        console.print(f"audio headers read: {report.checked:,}; sample rates: "
+                      + (", ".join(f"{rate:,} Hz x {count:,}" for rate, count in report.sample_rates.items()) or "none"))
+        for label, problems in (("missing", report.missing), ("unreadable", report.unreadable)):
+            if problems:
+                console.print(f"[red]{label}: {len(problems)}[/red]; first: " + "; ".join(escape(p) for p in problems[:5]))
+        console.print("[green]matches the published counts[/green]" if report.ok else "[red]differs from the published counts[/red]")
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+@command()
 def probes(
     dim: int = typer.Option(768, help="token dimension D to count parameters for"),
     classes: int = typer.Option(527, help="number of classes C"),
@@ -379,25 +438,29 @@ def probes(
     freq_tokens: int = typer.Option(8, help="frequency tokens F of the grid (freqpool's input is F x D)"),
     prototypes_per_class: int = typer.Option(20, help="J for the prototype probes"),
 ) -> None:
-    """List every registered probe with its family and trainable parameter count for D, C (and G, F, J)."""
+    """List every registered probe: family, trainable parameters for D, C (and G, F, J), search range, demo grid, arguments."""
     from .probes import FAMILIES, PROBES, create_probe
 
-    family_of = {name: family for family, names in FAMILIES.items() for name in names}
     glob = dim if global_dim is None else global_dim
-    table = Table("name", "family", "parameters", "description",
-                  title=f"registered probes (D={dim}, C={classes}, G={glob}, F={freq_tokens}, J={prototypes_per_class})")
-    ordered = [n for names in FAMILIES.values() for n in names if n in PROBES] + [n for n in PROBES.names() if n not in family_of]
-    for name in ordered:
-        args = {"prototypes_per_class": prototypes_per_class} if family_of.get(name) == "prototype" else {}
+    table = Table(title=f"registered probes (D={dim}, C={classes}, G={glob}, F={freq_tokens}, J={prototypes_per_class})")
+    for column in ("name", "family", "parameters", "lr range"):  # short cells stay whole; the long ones fold
+        table.add_column(column, no_wrap=True)
+    for column in ("lr grid", "arguments (default)", "description"):
+        table.add_column(column, overflow="fold")
+    for name in (name for names in FAMILIES.values() for name in names):
+        spec = PROBES.spec(name)
+        arguments = spec.arguments()
+        chosen = {"prototypes_per_class": prototypes_per_class} if "prototypes_per_class" in arguments else {}
         try:
-            count = f"{create_probe(name, dim, classes, glob, freq_tokens, **args).num_parameters():,}"
+            count = f"{create_probe(name, dim, classes, glob, freq_tokens, **chosen).num_parameters():,}"
         except ValueError as exc:  # e.g. ep's query count must divide D
             count = f"- ({exc})"
-        table.add_row(name, family_of.get(name, "-"), count, escape(PROBES.description(name)))
+        table.add_row(name, spec.family, count, f"{spec.lr_range[0]:g}-{spec.lr_range[1]:g}", ", ".join(f"{lr:g}" for lr in spec.lr_grid),
+                      escape(", ".join(f"{key}={value}" for key, value in arguments.items()) or "-"), escape(spec.description))
     console.print(table)
 
 
-@app.command()
+@command()
 def export(
     run: Path = typer.Argument(..., help="run folder written by `patchprobe train`"),
     format: str = typer.Option("packed", "--format", help="packed (protobin: 1 bit per prototype entry) or onnx (any probe)"),
@@ -406,10 +469,7 @@ def export(
     """Export a trained probe for deployment; ONNX exports are checked against PyTorch with onnxruntime."""
     from .export import export_run
 
-    try:
-        result = export_run(run, format, out)
-    except (PatchprobeError, ValueError) as exc:
-        _fail(exc)
+    result = export_run(run, format, out)
     console.print(f"wrote {result['path']} ({_bytes(result['bytes'])})")
     if "prototype_bytes" in result:
         ratio = result["float32_prototype_bytes"] / result["prototype_bytes"]

@@ -14,36 +14,23 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from . import __version__
-from ._io import read_json, write_json
-from .bank import Bank, extract_bank
+from ._io import write_json
+from ._version import __version__
+from .bank import Bank, LoadedBank, extract_bank
 from .datasets import SyntheticConfig, load_synthetic_dataset
 from .encoders import create_encoder
 from .probes import FAMILIES, PROBES
 from .report import grouped_bar_chart, markdown_table, ranked_bar_chart
-from .sweep import fit_missing, grid_then_seeds
-from .train import TrainConfig, load_bank_splits, primary_metric
-from .train.lbfgs import search_l2
+from .sweep import grid_then_seeds, seed_summary
+from .train import Run, TrainConfig, fit, primary_metric, search_l2
 
 DATASETS = {"multilabel": 0, "singlelabel": 1}  # kind -> generator seed (pretraining used seed 1000)
 _METRIC_LABELS = {"map": "macro mAP", "accuracy": "accuracy"}
 
 
-# Learning rates tried per probe; the best on validation (first seed) is reported on test. Grids were
-# widened until the pick was inside them on the tiny-mae demo (a pick at a grid edge is flagged in
-# the table): with 1,000 clips and batch 128, 30 epochs are only 240 steps, so most heads want
-# large rates. Prototype heads need ~30x larger steps than attentive ones: encoder tokens share a
-# dominant direction, so max-cosine descriptors vary little across clips and the head needs large
-# weights (measured on tiny-mae: protobin lr 1e-3 -> 0.60 mAP, 1e-2 -> 0.70, 1e-1 -> 0.79, 3e-1 -> 0.76).
-DEFAULT_LR_GRID: dict[str, list[float]] = {
-    **{name: [3e-3, 1e-2, 3e-2, 1e-1, 3e-1] for name in ("linear", "mlp", "linearc", "freqpool")},
-    "linpre": [1e-2, 3e-2, 1e-1, 3e-1, 1.0],
-    **{name: [3e-3, 1e-2, 3e-2] for name in ("mhca", "simpool")},  # mhca collapses at 3e-2 (0.29 valid mAP)
-    "conv": [3e-3, 1e-2, 3e-2, 1e-1],
-    **{name: [1e-2, 3e-2, 1e-1, 3e-1] for name in ("ep", "abmilp")},
-    "proto": [3e-2, 1e-1, 3e-1, 1.0, 3.0],
-    **{name: [3e-2, 1e-1, 3e-1] for name in ("protobin", "protofloat")},
-}
+# Learning rates tried per probe, declared with each probe's registration (`lr_grid`); the best on
+# validation (first seed) is reported on test, and a pick at a grid edge is flagged in the table.
+DEFAULT_LR_GRID: dict[str, list[float]] = {name: list(PROBES.spec(name).lr_grid) for names in FAMILIES.values() for name in names}
 PROTOTYPE_PROBES = set(FAMILIES["prototype"])
 
 
@@ -164,7 +151,7 @@ def run_demo(config: DemoConfig, progress: bool = True, console=None) -> dict:
 
 def _train_and_select(config: DemoConfig, kind: str, bank_dir: Path, out: Path, progress: bool) -> dict:
     """Learning-rate search with the first seed, then the remaining seeds at each probe's chosen rate."""
-    splits = load_bank_splits(bank_dir, device=config.device)
+    bank = LoadedBank.load(bank_dir, device=config.device)
     variants = {
         probe: TrainConfig(
             probe=probe, probe_args={"prototypes_per_class": config.prototypes_per_class} if probe in PROTOTYPE_PROBES else {},
@@ -172,29 +159,25 @@ def _train_and_select(config: DemoConfig, kind: str, bank_dir: Path, out: Path, 
         )
         for probe in config.probes
     }
-    table = grid_then_seeds(bank_dir, variants, {probe: config.grid(probe) for probe in config.probes}, config.seeds,
-                            out / "runs" / bank_dir.parent.name / kind, splits=splits, progress=progress)
+    table = grid_then_seeds(bank, variants, {probe: config.grid(probe) for probe in config.probes}, config.seeds,
+                            out / "runs" / bank_dir.parent.name / kind, progress=progress)
     if config.converged_baseline:
-        table["linear (L-BFGS)"] = _converged_linear(bank_dir, splits, out / "runs" / bank_dir.parent.name / kind / "linear-lbfgs",
+        table["linear (L-BFGS)"] = _converged_linear(bank, out / "runs" / bank_dir.parent.name / kind / "linear-lbfgs",
                                                      config.device, progress)
     for cell in table.values():
         cell["run"] = str(Path(cell["run"]).relative_to(out))
-    multilabel = splits["train"].meta.multilabel
-    return {"multilabel": multilabel, "metric": primary_metric(multilabel), "seeds": config.seeds, "probes": table}
+    return {"multilabel": bank.multilabel, "metric": primary_metric(bank.multilabel), "seeds": config.seeds, "probes": table}
 
 
-def _converged_linear(bank_dir: Path, splits, runs: Path, device: str, progress: bool) -> dict:
+def _converged_linear(bank: LoadedBank, runs: Path, device: str, progress: bool) -> dict:
     """The linear probe solved to convergence (L-BFGS), its L2 strength chosen on validation: the fair baseline."""
-    chosen, scores, edge = search_l2(splits["train"], splits["valid"], TrainConfig(probe="linear", device=device))
+    chosen, scores, edge = search_l2(bank.train, bank["valid"], TrainConfig(probe="linear", device=device))
     folder = runs / f"l2={chosen.weight_decay:g}"
-    fit_missing(bank_dir, [(chosen, folder)], splits, progress)
-    metrics = read_json(folder / "metrics.json")
-    metric = primary_metric(splits["train"].meta.multilabel)
+    # a finished run of this setting is reused; a stale one (another bank) is retrained
+    fit(bank, [chosen], [folder], progress=progress, overwrite=True)
     return {
-        "metric": metric, "test": metrics["test"][metric], "test_sd": 0.0, "test_per_seed": {"0": metrics["test"][metric]},
-        "diverged_seeds": [], "valid": metrics["valid"][metric], "test_auroc": metrics["test"]["auroc"],
+        **seed_summary([Run(folder)], primary_metric(bank.multilabel)),
         "lr": None, "l2": chosen.weight_decay, "lr_at_grid_edge": edge is not None,
-        "num_parameters": metrics["num_parameters"], "train_seconds": metrics["train_seconds"], "run": str(folder),
         "l2_candidates": {f"{k:g}": v for k, v in scores.items()}, "solver": "lbfgs",
     }
 

@@ -1,4 +1,7 @@
-"""Exception types. Every error names the file, field or value at fault and what to do about it."""
+"""Exception types, all in one place. Every error names the file, field or value at fault and what to do about it.
+
+The CLI turns any `PatchprobeError` into one red line and exit code 2 (no traceback).
+"""
 
 from __future__ import annotations
 
@@ -31,6 +34,18 @@ class DatasetError(PatchprobeError):
 
 class BankError(PatchprobeError):
     """A token-map bank is missing, incomplete, corrupt, or incompatible with the request."""
+
+
+class CheckpointError(PatchprobeError):
+    """A checkpoint file is missing, unreadable, or does not fit the model."""
+
+
+class RunError(PatchprobeError):
+    """A run folder is missing, corrupt, held by another process, or holds a different finished run."""
+
+
+class ExportError(PatchprobeError):
+    """A probe cannot be written in the requested format."""
 
 
 class RegistryError(PatchprobeError, KeyError):

@@ -19,18 +19,15 @@ import numpy as np
 import torch
 from safetensors.numpy import save_file as save_numpy
 
-from ._io import atomic_write_with, read_json
-from .errors import PatchprobeError
+from ._io import atomic_write_with
+from .errors import ExportError
 from .probes import ProtoBinProbe, create_probe
 from .probes.prototypes import binarize
-from .train import load_probe
+from .train import Run
 
 PACKED_FORMAT = "patchprobe-protobin-packed/1"
 FORMATS = ("packed", "onnx")
-
-
-class ExportError(PatchprobeError):
-    """A probe cannot be written in the requested format."""
+__all__ = ["ExportError", "FORMATS", "PACKED_FORMAT", "example_inputs", "export_onnx", "export_packed", "export_run", "load_packed"]
 
 
 def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> dict:
@@ -44,11 +41,11 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     run_dir = Path(run_dir)
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
-    probe = load_probe(run_dir)
-    config = read_json(run_dir / "config.json")
+    run = Run(run_dir)
+    probe = run.probe()
     if fmt == "packed":
         path = Path(out or run_dir / "probe.packed.safetensors")
-        return export_packed(probe, path, classes=config["bank"]["classes"], encoder=config["bank"]["encoder"])
+        return export_packed(probe, path, classes=run.bank.classes, encoder=run.bank.encoder)
     path = Path(out or run_dir / "probe.onnx")
     return export_onnx(probe, path)
 

@@ -10,11 +10,7 @@ import torch
 from torch import nn
 
 from .._io import file_hash
-from ..errors import PatchprobeError
-
-
-class CheckpointError(PatchprobeError):
-    """A checkpoint file is missing, unreadable, or does not fit the model."""
+from ..errors import CheckpointError
 
 
 class Checkpoint(NamedTuple):

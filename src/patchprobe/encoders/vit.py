@@ -1,5 +1,6 @@
 """A spectrogram Vision Transformer in plain PyTorch: patch embedding, 2-D sin-cos positions,
-pre-norm blocks with key-padding masks, and the MAE decoder used to pretrain `tiny-mae`.
+pre-norm blocks with key-padding masks. (The MAE decoder and loss that pretrained `tiny-mae` live in
+scripts/pretrain_tiny_mae.py, the only code that trains an encoder.)
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-def _init_weights(module: nn.Module) -> None:
+def init_weights(module: nn.Module) -> None:
+    """MAE initialisation: Xavier-uniform linear weights, zero biases, unit LayerNorms (`module.apply(init_weights)`)."""
     if isinstance(module, nn.Linear):
         nn.init.xavier_uniform_(module.weight)
         if module.bias is not None:
@@ -118,7 +120,7 @@ class SpectrogramViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.width))
         self.blocks = nn.ModuleList(Block(config.width, config.heads, config.mlp_ratio) for _ in range(config.depth))
         self.norm = nn.LayerNorm(config.width, eps=1e-6)
-        self.apply(_init_weights)
+        self.apply(init_weights)
         nn.init.xavier_uniform_(self.patch_embed.weight.view(config.width, -1))
         nn.init.normal_(self.cls_token, std=0.02)
 
@@ -180,67 +182,8 @@ class SpectrogramViT(nn.Module):
         return self.forward_tokens(spec, frames, layer)
 
 
-class MAEDecoder(nn.Module):
-    """Light MAE decoder: predicts the (per-patch normalised) pixels of masked patches."""
-
-    def __init__(self, config: ViTConfig, width: int = 128, depth: int = 2, heads: int = 4) -> None:
-        super().__init__()
-        self.embed = nn.Linear(config.width, width)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
-        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))
-        self.norm = nn.LayerNorm(width, eps=1e-6)
-        self.pred = nn.Linear(width, config.patch_size**2)
-        self.apply(_init_weights)
-        nn.init.normal_(self.mask_token, std=0.02)
-
-
-def patchify(spec: torch.Tensor, patch: int) -> torch.Tensor:
-    """(B, T, M) -> (B, T' * F', patch * patch), time-major like the patch embedding."""
-    batch, time, mels = spec.shape
-    x = spec.reshape(batch, time // patch, patch, mels // patch, patch)
-    return x.permute(0, 1, 3, 2, 4).reshape(batch, (time // patch) * (mels // patch), patch * patch)
-
-
-def mae_loss(
-    encoder: SpectrogramViT, decoder: MAEDecoder, spec: torch.Tensor, mask_ratio: float, generator: torch.Generator
-) -> torch.Tensor:
-    """Masked-patch reconstruction loss (MAE, normalised-pixel targets) on full-length clips.
-
-    Args:
-        spec: (B, T, M) normalised log-mel, T a multiple of the patch size, no padding.
-        generator: source of the random masks (keeps pretraining deterministic).
-    """
-    tokens = encoder.embed_patches(spec)
-    batch, length, dim = tokens.shape
-    keep = max(1, int(round(length * (1 - mask_ratio))))
-    noise = torch.rand(batch, length, generator=generator, device=spec.device)
-    order = noise.argsort(dim=1)
-    restore = order.argsort(dim=1)
-    kept = torch.gather(tokens, 1, order[:, :keep, None].expand(-1, -1, dim))
-    x = torch.cat([encoder.cls_token.expand(batch, -1, -1), kept], dim=1)
-    for block in encoder.blocks:
-        x = block(x)
-    x = decoder.embed(encoder.norm(x))
-    filler = decoder.mask_token.expand(batch, length - keep, -1)
-    patches = torch.cat([x[:, 1:], filler], dim=1)
-    patches = torch.gather(patches, 1, restore[:, :, None].expand(-1, -1, patches.shape[-1]))
-    time_patches = spec.shape[1] // encoder.config.patch_size
-    patches = patches + sincos_2d(time_patches, encoder.config.freq_patches, patches.shape[-1]).to(patches)
-    x = torch.cat([x[:, :1], patches], dim=1)
-    for block in decoder.blocks:
-        x = block(x)
-    prediction = decoder.pred(decoder.norm(x))[:, 1:]
-    target = patchify(spec, encoder.config.patch_size)
-    target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
-    masked = torch.ones(batch, length, device=spec.device)
-    masked[:, :keep] = 0
-    masked = torch.gather(masked, 1, restore)
-    per_patch = ((prediction - target) ** 2).mean(-1)
-    return (per_patch * masked).sum() / masked.sum()
-
-
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-__all__ = ["Block", "MAEDecoder", "SpectrogramViT", "ViTConfig", "count_parameters", "mae_loss", "patchify", "sincos_2d"]
+__all__ = ["Block", "SpectrogramViT", "ViTConfig", "count_parameters", "init_weights", "sincos_2d"]

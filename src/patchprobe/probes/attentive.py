@@ -32,7 +32,8 @@ class AttentiveProbe(Probe, ABC):
         return weights.mean(dim=1).reshape(mask.shape)
 
 
-@PROBES.register("mhca", "multi-head cross-attention with a learned query (attentive probe)")
+@PROBES.register("mhca", "multi-head cross-attention with a learned query (attentive probe)",
+                 family="attentive", lr_range=(3e-4, 0.1), lr_grid=[3e-3, 1e-2, 3e-2])
 class MHCAProbe(AttentiveProbe):
     """Attentive pooling, depth 1 (V-JEPA's attentive probe):
 
@@ -42,8 +43,6 @@ class MHCAProbe(AttentiveProbe):
     q0 is one learned query (trunc-normal, std 0.02); MLP has hidden width 4D. `heads` defaults to
     D // 64 (at least 1). Parameters: D + 4 D (LN) + 4 (D^2 + D) (q, k, v, o) + 8 D^2 + 5 D (MLP) + (D + 1) C.
     """
-
-    name = "mhca"
 
     def __init__(
         self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0,
@@ -80,7 +79,8 @@ class MHCAProbe(AttentiveProbe):
         return self.head(self.attention(tokens, mask)[0])
 
 
-@PROBES.register("ep", "efficient probing: M learned queries, one head, no Q/K projections, grouped values")
+@PROBES.register("ep", "efficient probing: M learned queries, one head, no Q/K projections, grouped values",
+                 family="attentive", lr_range=(3e-3, 1.0), lr_grid=[1e-2, 3e-2, 1e-1, 3e-1])
 class EfficientProbe(AttentiveProbe):
     """Efficient probing (Psomas et al.):
 
@@ -91,8 +91,6 @@ class EfficientProbe(AttentiveProbe):
 
     `queries` (M, default 32) must divide D. Parameters: M D + D^2 + (D + 1) C.
     """
-
-    name = "ep"
 
     def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0, queries: int = 32) -> None:
         super().__init__(token_dim, num_classes, global_dim, freq_tokens)
@@ -117,7 +115,8 @@ class EfficientProbe(AttentiveProbe):
         return self.head(self.norm(self.attention(tokens, mask)[0]))
 
 
-@PROBES.register("simpool", "SimPool: the mean token queries LayerNormed tokens, one attention map")
+@PROBES.register("simpool", "SimPool: the mean token queries LayerNormed tokens, one attention map",
+                 family="attentive", lr_range=(3e-4, 0.1), lr_grid=[3e-3, 1e-2, 3e-2])
 class SimPoolProbe(AttentiveProbe):
     """SimPool (Psomas et al., 2023) without the optional power (gamma = None):
 
@@ -126,8 +125,6 @@ class SimPoolProbe(AttentiveProbe):
 
     W_q and W_k have no bias. Parameters: 2 D^2 + 2 D + (D + 1) C.
     """
-
-    name = "simpool"
 
     def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0) -> None:
         super().__init__(token_dim, num_classes, global_dim, freq_tokens)
@@ -147,7 +144,8 @@ class SimPoolProbe(AttentiveProbe):
         return self.head(self.attention(tokens, mask)[0])
 
 
-@PROBES.register("abmilp", "attention-based multiple-instance pooling (gated, Ilse et al. 2018)")
+@PROBES.register("abmilp", "attention-based multiple-instance pooling (gated, Ilse et al. 2018)",
+                 family="attentive", lr_range=(3e-3, 1.0), lr_grid=[1e-2, 3e-2, 1e-1, 3e-1])
 class ABMILProbe(AttentiveProbe):
     """Attention-based MIL pooling (Ilse et al., 2018):
 
@@ -157,8 +155,6 @@ class ABMILProbe(AttentiveProbe):
     V, U: L x D with bias (L = `hidden`, 128 as in the original), w: L without bias.
     Parameters: (gated ? 2 : 1) (L D + L) + L + (D + 1) C.
     """
-
-    name = "abmilp"
 
     def __init__(
         self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0,

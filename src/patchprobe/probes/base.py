@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 from torch import nn
 
+from ..errors import RegistryError
 from ..registry import Registry
 
 
@@ -100,7 +105,84 @@ def flatten_tokens(tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tens
     return tokens.reshape(batch, time * freq, dim), mask.reshape(batch, time * freq)
 
 
-PROBES: Registry[Probe] = Registry("probe")
+FAMILY_ORDER = ("fixed", "attentive", "prototype")
+# arguments every probe takes from the bank, not from the user
+_BANK_ARGUMENTS = ("self", "token_dim", "num_classes", "global_dim", "freq_tokens")
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """Everything known about a registered probe besides its code.
+
+    family: "fixed" (a fixed pooling rule), "attentive" (learned attention pooling) or "prototype".
+    lr_range: (low, high) of the log-uniform learning-rate search (`patchprobe sweep`): a decade or more
+        around the best rates measured on the demo data, wide enough that the optimum is inside.
+    lr_grid: the learning rates the demo tries (the best on validation is reported).
+    The probe's own arguments and their defaults are read from its constructor (`arguments()`), so they
+    are written once.
+    """
+
+    name: str
+    family: str
+    description: str
+    lr_range: tuple[float, float]
+    lr_grid: tuple[float, ...]
+    factory: Callable[..., Probe] | None = None
+
+    def arguments(self) -> dict[str, object]:
+        """The probe's own keyword arguments and their defaults, read from its constructor."""
+        if self.factory is None:
+            return {}
+        parameters = inspect.signature(self.factory).parameters
+        return {name: (p.default if p.default is not inspect.Parameter.empty else None)
+                for name, p in parameters.items() if name not in _BANK_ARGUMENTS}
+
+
+class ProbeRegistry(Registry[Probe]):
+    """The probe registry: each entry carries its `ProbeSpec` (family, learning-rate range and grid)."""
+
+    def __init__(self) -> None:
+        super().__init__("probe")
+        self._specs: dict[str, ProbeSpec] = {}
+
+    def register(self, name: str, description: str = "", *, family: str, lr_range: tuple[float, float],  # type: ignore[override]
+                 lr_grid: list[float]) -> Callable[[type[Probe]], type[Probe]]:
+        """Class decorator adding a probe under `name` with its description (see `ProbeSpec` for the rest).
+
+        The class's `name` attribute is set to `name`: the registered name is the only spelling.
+        """
+        if family not in FAMILY_ORDER:
+            raise RegistryError(f"probe {name!r}: family {family!r} is not one of {', '.join(FAMILY_ORDER)}")
+        low, high = lr_range
+        if not 0 < low < high or not lr_grid or any(lr <= 0 for lr in lr_grid):
+            raise RegistryError(f"probe {name!r}: lr_range must be 0 < low < high and lr_grid non-empty and positive "
+                                f"(got {lr_range}, {lr_grid})")
+        add = super().register(name, description)
+
+        def decorator(cls: type[Probe]) -> type[Probe]:
+            cls.name = name
+            add(cls)
+            self._specs[name] = ProbeSpec(name=name, family=family, description=self.description(name),
+                                          lr_range=(float(low), float(high)), lr_grid=tuple(float(lr) for lr in lr_grid),
+                                          factory=cls)
+            return cls
+
+        return decorator
+
+    def spec(self, name: str) -> ProbeSpec:
+        """The registered description of probe `name` (RegistryError listing the probes when unknown)."""
+        self.get(name)
+        return self._specs[self.canonical(name)]
+
+    def families(self) -> dict[str, list[str]]:
+        """family -> probe names, families in `FAMILY_ORDER`, probes in registration order."""
+        out: dict[str, list[str]] = {family: [] for family in FAMILY_ORDER}
+        for spec in self._specs.values():
+            out[spec.family].append(spec.name)
+        return {family: names for family, names in out.items() if names}
+
+
+PROBES = ProbeRegistry()
 
 
 def create_probe(name: str, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0, **hparams) -> Probe:

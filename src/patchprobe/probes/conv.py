@@ -8,7 +8,8 @@ from torch import nn
 from .base import PROBES, Probe, masked_mean
 
 
-@PROBES.register("conv", "depthwise-separable 3x3 conv over the (T, F) token grid, [max ‖ mean] pooling, linear")
+@PROBES.register("conv", "depthwise-separable 3x3 conv over the (T, F) token grid, [max ‖ mean] pooling, linear",
+                 family="fixed", lr_range=(1e-3, 1.0), lr_grid=[3e-3, 1e-2, 3e-2, 1e-1])
 class ConvProbe(Probe):
     """Our reading of the paper's undefined `conv` probe:
 
@@ -21,8 +22,6 @@ class ConvProbe(Probe):
     the convolution's own zero border, and they are left out of both poolings: a padded clip gives
     the same output as the clip alone. Parameters: 10 D + D^2 + D + (2 D + 1) C.
     """
-
-    name = "conv"
 
     def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0, kernel_size: int = 3) -> None:
         super().__init__(token_dim, num_classes, global_dim, freq_tokens)

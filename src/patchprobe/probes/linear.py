@@ -53,15 +53,14 @@ class _PooledHead(Probe, ABC):
         return self.head(self.features(tokens, mask, global_vector))
 
 
-@PROBES.register("linear", "linear layer on the [cls]/global vector (mean of tokens if none)")
+@PROBES.register("linear", "linear layer on the [cls]/global vector (mean of tokens if none)",
+                 family="fixed", lr_range=(1e-3, 1.0), lr_grid=[3e-3, 1e-2, 3e-2, 1e-1, 3e-1])
 class LinearProbe(_PooledHead):
     """y = W S(h) + b, h = the encoder's global vector, or the mean of valid tokens when it has none.
 
     S standardises h with the training split's mean and standard deviation. `use_global=False` forces
     the mean of tokens. Parameters: (H + 1) C, H = G or D (the 2 H statistics are buffers).
     """
-
-    name = "linear"
 
     def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0, use_global: bool = True) -> None:
         on_global = bool(use_global and global_dim)
@@ -72,15 +71,14 @@ class LinearProbe(_PooledHead):
         return _global_or_mean(self, tokens, mask, global_vector)
 
 
-@PROBES.register("mlp", "two-layer MLP on the [cls]/global vector (mean of tokens if none)")
+@PROBES.register("mlp", "two-layer MLP on the [cls]/global vector (mean of tokens if none)",
+                 family="fixed", lr_range=(1e-3, 1.0), lr_grid=[3e-3, 1e-2, 3e-2, 1e-1, 3e-1])
 class MLPProbe(Probe):
     """y = W2 GELU(W1 S(h) + b1) + b2, h as in `linear` (global vector, else mean of valid tokens).
 
     No canonical hidden size exists; we use `hidden = H` (the input width) by default, with dropout
     `dropout` (default 0) after the activation. Parameters: (H + 1) hidden + (hidden + 1) C.
     """
-
-    name = "mlp"
 
     def __init__(
         self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0,
@@ -105,15 +103,14 @@ class MLPProbe(Probe):
         return self.head(self.mlp(self.norm(self._pool(tokens, mask, global_vector))))
 
 
-@PROBES.register("linearc", "linear layer on [global vector ‖ mean of tokens]")
+@PROBES.register("linearc", "linear layer on [global vector ‖ mean of tokens]",
+                 family="fixed", lr_range=(1e-3, 1.0), lr_grid=[3e-3, 1e-2, 3e-2, 1e-1, 3e-1])
 class LinearConcatProbe(_PooledHead):
     """y = W S([g ‖ mean_n z_n]) + b (our reading of the paper's undefined `linearc`).
 
     g is the encoder's global vector ([cls] for ViTs); without one the input is the mean of tokens
     alone and the head equals `linear` on the mean. Parameters: (G + D + 1) C.
     """
-
-    name = "linearc"
 
     def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0) -> None:
         super().__init__(token_dim, num_classes, global_dim, freq_tokens, global_dim + token_dim)
@@ -124,7 +121,8 @@ class LinearConcatProbe(_PooledHead):
         return torch.cat([require_global(self, global_vector), mean], dim=-1) if self.uses_global else mean
 
 
-@PROBES.register("linpre", "LayerNorm on each token, mean over valid tokens, linear")
+@PROBES.register("linpre", "LayerNorm on each token, mean over valid tokens, linear",
+                 family="fixed", lr_range=(3e-3, 3.0), lr_grid=[1e-2, 3e-2, 1e-1, 3e-1, 1.0])
 class LinearPreNormProbe(Probe):
     """y = W mean_n LN(z_n) + b (our reading of the paper's undefined `linpre`).
 
@@ -135,8 +133,6 @@ class LinearPreNormProbe(Probe):
     diverged (tests/test_train.py). Parameters: 2 D + (D + 1) C.
     """
 
-    name = "linpre"
-
     def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0) -> None:
         super().__init__(token_dim, num_classes, global_dim, freq_tokens)
         self.token_norm = nn.LayerNorm(token_dim)
@@ -146,7 +142,8 @@ class LinearPreNormProbe(Probe):
         return self.head(masked_mean(self.token_norm(tokens), mask))
 
 
-@PROBES.register("freqpool", "frequency-preserving pooling: mean over time per frequency band, concatenated, linear")
+@PROBES.register("freqpool", "frequency-preserving pooling: mean over time per frequency band, concatenated, linear",
+                 family="fixed", lr_range=(1e-3, 1.0), lr_grid=[3e-3, 1e-2, 3e-2, 1e-1, 3e-1])
 class FrequencyPoolProbe(_PooledHead):
     """h = [mean_t z_{t,1} ‖ ... ‖ mean_t z_{t,F}] (F D values), y = W S(h) + b.
 
@@ -154,8 +151,6 @@ class FrequencyPoolProbe(_PooledHead):
     sound lies, which a plain mean or [cls] discards. Needs F of the token grid (`freq_tokens`,
     taken from the bank). Parameters: (F D + 1) C.
     """
-
-    name = "freqpool"
 
     def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0) -> None:
         if freq_tokens < 1:

@@ -94,55 +94,8 @@ class PrototypeProbe(Probe, ABC):
         return self.classify(self.descriptor(tokens, mask))
 
 
-@PROBES.register("protobin", "binarized class-agnostic prototypes, max cosine over tokens, linear head")
-class ProtoBinProbe(PrototypeProbe):
-    """Binarized prototypical probe (Rauch et al., 2026).
-
-    M = C J real-valued prototypes P (init N(0, 0.02^2)), not tied to classes. Forward:
-        B = sign(P)                      (straight-through: dL/dP = dL/dB)
-        s_m = max_{valid (t,f)} cos(z_{t,f}, B_m)
-        logits = W dropout(s) + b        (W: C x M)
-    No orthogonality loss. Parameters: M D (stored as 1 bit each at inference) + (M + 1) C.
-    """
-
-    name = "protobin"
-    binary = True
-
-    def __init__(
-        self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0,
-        prototypes_per_class: int = 20, dropout: float = 0.0,
-    ) -> None:
-        super().__init__(token_dim, num_classes, global_dim, freq_tokens, prototypes_per_class)
-        self.prototypes = nn.Parameter(torch.randn(self.num_prototypes, token_dim) * 0.02)
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(self.num_prototypes, num_classes)
-
-    def prototype_vectors(self) -> torch.Tensor:
-        return binarize(self.prototypes) if self.binary else self.prototypes
-
-    def token_similarities(self, tokens):
-        return F.normalize(tokens, dim=-1) @ F.normalize(self.prototype_vectors(), dim=-1).T
-
-    def classify(self, descriptor):
-        return self.head(self.dropout(descriptor))
-
-    def class_contributions(self, descriptor, classes):
-        return self.head.weight[classes] * descriptor
-
-
-@PROBES.register("protofloat", "protobin without binarization: float class-agnostic prototypes")
-class ProtoFloatProbe(ProtoBinProbe):
-    """`protobin` with real-valued prototypes (B = P): isolates what binarization does.
-
-        s_m = max_{valid (t,f)} cos(z_{t,f}, P_m);  logits = W dropout(s) + b
-    Parameters: M D + (M + 1) C (32 bits per prototype entry).
-    """
-
-    name = "protofloat"
-    binary = False
-
-
-@PROBES.register("proto", "class-owned float prototypes, ReLU cosine, non-negative own-class head, orthogonality loss")
+@PROBES.register("proto", "class-owned float prototypes, ReLU cosine, non-negative own-class head, orthogonality loss",
+                 family="prototype", lr_range=(1e-2, 10.0), lr_grid=[3e-2, 1e-1, 3e-1, 1.0, 3.0])
 class ProtoProbe(PrototypeProbe):
     """Prototypical probing as in AudioProtoPNet / Bird-MAE: J float prototypes owned by each class.
 
@@ -156,7 +109,6 @@ class ProtoProbe(PrototypeProbe):
     Parameters: C J D + C J + C.
     """
 
-    name = "proto"
     eps = 1e-4
 
     def __init__(
@@ -204,3 +156,51 @@ class ProtoProbe(PrototypeProbe):
         identity = torch.eye(self.prototypes_per_class, device=gram.device, dtype=gram.dtype)
         distance = torch.linalg.matrix_norm(gram - identity).sum()
         return self.orthogonality_weight * distance / (self.num_classes * self.prototypes_per_class**2)
+
+
+@PROBES.register("protobin", "binarized class-agnostic prototypes, max cosine over tokens, linear head",
+                 family="prototype", lr_range=(1e-2, 3.0), lr_grid=[3e-2, 1e-1, 3e-1])
+class ProtoBinProbe(PrototypeProbe):
+    """Binarized prototypical probe (Rauch et al., 2026).
+
+    M = C J real-valued prototypes P (init N(0, 0.02^2)), not tied to classes. Forward:
+        B = sign(P)                      (straight-through: dL/dP = dL/dB)
+        s_m = max_{valid (t,f)} cos(z_{t,f}, B_m)
+        logits = W dropout(s) + b        (W: C x M)
+    No orthogonality loss. Parameters: M D (stored as 1 bit each at inference) + (M + 1) C.
+    """
+
+    binary = True
+
+    def __init__(
+        self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0,
+        prototypes_per_class: int = 20, dropout: float = 0.0,
+    ) -> None:
+        super().__init__(token_dim, num_classes, global_dim, freq_tokens, prototypes_per_class)
+        self.prototypes = nn.Parameter(torch.randn(self.num_prototypes, token_dim) * 0.02)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(self.num_prototypes, num_classes)
+
+    def prototype_vectors(self) -> torch.Tensor:
+        return binarize(self.prototypes) if self.binary else self.prototypes
+
+    def token_similarities(self, tokens):
+        return F.normalize(tokens, dim=-1) @ F.normalize(self.prototype_vectors(), dim=-1).T
+
+    def classify(self, descriptor):
+        return self.head(self.dropout(descriptor))
+
+    def class_contributions(self, descriptor, classes):
+        return self.head.weight[classes] * descriptor
+
+
+@PROBES.register("protofloat", "protobin without binarization: float class-agnostic prototypes",
+                 family="prototype", lr_range=(1e-2, 3.0), lr_grid=[3e-2, 1e-1, 3e-1])
+class ProtoFloatProbe(ProtoBinProbe):
+    """`protobin` with real-valued prototypes (B = P): isolates what binarization does.
+
+        s_m = max_{valid (t,f)} cos(z_{t,f}, P_m);  logits = W dropout(s) + b
+    Parameters: M D + (M + 1) C (32 bits per prototype entry).
+    """
+
+    binary = False

@@ -17,23 +17,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from .._io import read_json, write_json  # noqa: E402
-from ..audio import FbankConfig, kaldi_fbank  # noqa: E402
-from ..bank import Bank, LoadedSplit  # noqa: E402
-from ..datasets import reopen_dataset  # noqa: E402
-from ..errors import PatchprobeError  # noqa: E402
-from ..probes import AttentiveProbe, PrototypeProbe  # noqa: E402
-from ..probes.prototypes import ProtoBinProbe  # noqa: E402
-from ..train import load_probe  # noqa: E402
-from .figures import save_figure  # noqa: E402
+from .._io import write_json
+from ..audio import FbankConfig, kaldi_fbank
+from ..bank import Bank, LoadedSplit
+from ..datasets import reopen_dataset
+from ..errors import PatchprobeError
+from ..probes import AttentiveProbe, PrototypeProbe
+from ..probes.prototypes import ProtoBinProbe
+from ..train import Run
+from .figures import new_figure, save_figure
 
 
 def analyze_run(
@@ -59,9 +55,9 @@ def analyze_run(
         batch_size: clips per step; memory grows with batch x tokens x prototypes.
     """
     run_dir = Path(run_dir)
-    probe = load_probe(run_dir)
-    config = read_json(run_dir / "config.json")
-    bank = Bank(config["bank"]["path"])
+    run = Run(run_dir)
+    probe = run.probe()
+    bank = Bank(run.bank.path)
     if split not in bank.splits:
         raise PatchprobeError(f"{bank.root}: no split {split!r} (has {', '.join(bank.splits)})")
     data = bank.split(split).load()
@@ -135,7 +131,7 @@ def _prototype_report(probe, data, out, compare, clips, classes_per_clip, audio,
     else:
         distributions[f"{probe.name}: prototypes"] = pairwise_cosines(probe.prototype_vectors())
     for other in compare:
-        other_probe = load_probe(other)
+        other_probe = Run(other).probe()
         if not isinstance(other_probe, PrototypeProbe):
             raise PatchprobeError(f"{other}: --compare needs a prototype-probe run, this one holds {other_probe.name!r}")
         distributions[f"{other_probe.name} ({'/'.join(Path(other).parts[-2:])}): prototypes"] = pairwise_cosines(other_probe.prototype_vectors())
@@ -167,7 +163,7 @@ def _prototype_report(probe, data, out, compare, clips, classes_per_clip, audio,
 
 
 def _similarity_histogram(distributions: dict[str, np.ndarray], dim: int, path: Path) -> None:
-    figure, axis = plt.subplots(figsize=(6.4, 3.6), layout="constrained")
+    figure, axis = new_figure(figsize=(6.4, 3.6), layout="constrained")
     low = min(float(v.min()) for v in distributions.values())
     high = max(float(v.max()) for v in distributions.values())
     bins = np.linspace(min(low, -0.3), max(high, 0.3), 81)
@@ -184,7 +180,7 @@ def _similarity_histogram(distributions: dict[str, np.ndarray], dim: int, path: 
 
 
 def _usage_plot(token_wins: np.ndarray, class_wins: np.ndarray, probe: PrototypeProbe, path: Path) -> None:
-    figure, axes = plt.subplots(2, 1, figsize=(7.0, 3.8), sharex=True, layout="constrained")
+    figure, axes = new_figure(2, 1, figsize=(7.0, 3.8), sharex=True, layout="constrained")
     index = np.arange(len(token_wins))
     for axis, counts, label in ((axes[0], token_wins, "tokens won"), (axes[1], class_wins, "(clip, class) wins")):
         axis.bar(index, counts, width=1.0, color="tab:blue")
@@ -291,7 +287,7 @@ class _AudioSource:
 def _draw_panels(panels: list[tuple[str, np.ndarray]], audio: _AudioSource, data, index, path: Path, label: str) -> None:
     """One panel per (title, (T, F) map): the map stretched over the clip's log-mel spectrogram."""
     spectrogram = audio.spectrogram(data, index)
-    figure, axes = plt.subplots(1, len(panels), figsize=(max(3.4 * len(panels) + 0.6, 5.6), 3.4), layout="constrained", squeeze=False)
+    figure, axes = new_figure(1, len(panels), figsize=(max(3.4 * len(panels) + 0.6, 5.6), 3.4), layout="constrained", squeeze=False)
     for axis, (title, grid) in zip(axes[0], panels):
         if spectrogram is not None:
             mel, seconds = spectrogram

@@ -1,23 +1,37 @@
-"""Figures a user can put in a paper."""
+"""Figures a user can put in a paper.
+
+Figures are built as `matplotlib.figure.Figure` objects, not through pyplot, so drawing one needs no
+GUI backend and changes no global state (importing patchprobe leaves `matplotlib.use` to the user).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+
+def new_figure(rows: int = 1, columns: int = 1, **options):
+    """A figure and its axes, like `pyplot.subplots` but unmanaged by pyplot: (figure, axes)."""
+    subplot_options = {key: options.pop(key) for key in ("sharex", "sharey", "squeeze") if key in options}
+    figure = Figure(**options)
+    return figure, figure.subplots(rows, columns, **subplot_options)
 
 
-def save_figure(figure, path: str | Path) -> Path:
-    """Write a figure as a 150-dpi PNG (creating the folder) and free it."""
+def palette(name: str = "tab10") -> tuple:
+    """The colours of a qualitative colormap."""
+    return matplotlib.colormaps[name].colors
+
+
+def save_figure(figure: Figure, path: str | Path) -> Path:
+    """Write a figure as a 150-dpi PNG (creating the folder)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=150)
-    plt.close(figure)
     return path
 
 
@@ -36,8 +50,8 @@ def grouped_bar_chart(
     groups = list(values)
     bars = list(dict.fromkeys(b for g in groups for b in values[g]))
     width = 0.8 / max(len(bars), 1)
-    figure, axis = plt.subplots(figsize=(1.6 + 1.9 * len(groups), 3.8), layout="constrained")
-    colors = plt.get_cmap("tab10").colors
+    figure, axis = new_figure(figsize=(1.6 + 1.9 * len(groups), 3.8), layout="constrained")
+    colors = palette("tab10")
     for i, bar in enumerate(bars):
         xs = np.arange(len(groups)) + (i - (len(bars) - 1) / 2) * width
         ys = [values[g].get(bar, np.nan) for g in groups]
@@ -68,9 +82,9 @@ def ranked_bar_chart(
     """
     groups = groups or {}
     names = list(dict.fromkeys(groups.get(b, "other") for p in panels.values() for b in p))
-    colors = {name: plt.get_cmap("tab10").colors[i % 10] for i, name in enumerate(names)}
+    colors = {name: palette("tab10")[i % 10] for i, name in enumerate(names)}
     rows = max(len(p) for p in panels.values())
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.9 + 0.28 * rows), layout="constrained", squeeze=False)
+    figure, axes = new_figure(1, len(panels), figsize=(4.2 * len(panels), 0.9 + 0.28 * rows), layout="constrained", squeeze=False)
     for axis, (panel, bars) in zip(axes[0], panels.items()):
         ranked = sorted(bars.items(), key=lambda item: item[1][0])
         ys = np.arange(len(ranked))
@@ -85,7 +99,7 @@ def ranked_bar_chart(
         axis.set_title(panel, fontsize=9)
         axis.set_xlabel(xlabel, fontsize=8)
         axis.grid(axis="x", alpha=0.3)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[n]) for n in names]
+    handles = [Rectangle((0, 0), 1, 1, color=colors[n]) for n in names]
     figure.legend(handles, names, fontsize=8, ncols=len(names), loc="outside lower center", frameon=False)
     figure.suptitle(title, fontsize=10)
     return save_figure(figure, path)
@@ -115,7 +129,7 @@ def sweep_plot(
     table = (
         chosen.groupby(["probe", x])["value"].agg(mean="mean", sd="std", seeds="count").reset_index().fillna({"sd": 0.0})
     )
-    figure, axis = plt.subplots(figsize=(5.0, 3.4), layout="constrained")
+    figure, axis = new_figure(figsize=(5.0, 3.4), layout="constrained")
     for probe, rows in table.groupby("probe"):
         rows = rows.sort_values(x)
         axis.errorbar(rows[x], rows["mean"], yerr=rows["sd"], marker="o", capsize=3, label=f"{probe} ({int(rows['seeds'].max())} seeds)")

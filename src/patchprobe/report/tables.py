@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .._io import read_json
+from ..train import Run
 
 
 def collect_runs(root: str | Path) -> pd.DataFrame:
@@ -17,27 +17,25 @@ def collect_runs(root: str | Path) -> pd.DataFrame:
     missing where a run does not set it).
     """
     rows = []
-    for metrics_path in sorted(Path(root).rglob("metrics.json")):
-        run = metrics_path.parent
-        metrics = read_json(metrics_path)
-        config = read_json(run / "config.json")
-        probe_args = {key: value for key, value in config["train"].get("probe_args", {}).items() if not isinstance(value, (dict, list))}
+    for run in Run.find(root):
+        config, metrics = run.config, run.metrics
+        probe_args = {key: value for key, value in config.probe_args.items() if not isinstance(value, (dict, list))}
         for split in ("valid", "test"):
-            for metric, value in (metrics.get(split) or {}).items():
+            for metric, value in metrics.split(split).items():
                 rows.append(
                     {
-                        "run": str(run.relative_to(root)),
-                        "encoder": config["bank"]["encoder"],
-                        "dataset": config["bank"]["dataset"],
-                        "probe": config["train"]["probe"],
-                        "lr": config["train"]["lr"],
-                        "weight_decay": config["train"]["weight_decay"],
-                        "seed": config["train"]["seed"],
+                        "run": str(run.root.relative_to(root)),
+                        "encoder": run.bank.encoder,
+                        "dataset": run.bank.dataset,
+                        "probe": config.probe,
+                        "lr": config.lr,
+                        "weight_decay": config.weight_decay,
+                        "seed": config.seed,
                         "split": split,
                         "metric": metric,
                         "value": value,
-                        "num_parameters": metrics.get("num_parameters"),
-                        "train_seconds": metrics.get("train_seconds"),
+                        "num_parameters": metrics.num_parameters,
+                        "train_seconds": metrics.train_seconds,
                         **probe_args,
                     }
                 )

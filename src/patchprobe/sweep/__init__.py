@@ -1,8 +1,10 @@
-"""Hyper-parameter search over probes trained on a bank: a small grid (the demo), the paper's Optuna
-search (Sobol then TPE, successive halving; SQLite or PostgreSQL storage), and the benchmark grid runner."""
+"""Hyper-parameter search over probes trained on a bank: a small grid (the demo) and the paper's Optuna
+search (Sobol then TPE, successive halving; SQLite or PostgreSQL storage). The benchmark grid that
+drives extraction and searches over many encoders and datasets is `patchprobe.bench`."""
 
-from .grid import fit_missing, grid_then_seeds, run_finished
-from .search import LR_RANGES, WEIGHT_DECAY_RANGE, SobolThenTPE, SweepConfig, best_trial, edge_flags, open_study, run_sweep
+from .grid import grid_then_seeds, seed_summary
+from .search import (LR_RANGES, WEIGHT_DECAY_RANGE, SobolThenTPE, SweepConfig, best_trial, default_storage, edge_flags, open_study,
+                     run_sweep)
 
-__all__ = ["LR_RANGES", "WEIGHT_DECAY_RANGE", "SobolThenTPE", "SweepConfig", "best_trial", "edge_flags", "fit_missing",
-           "grid_then_seeds", "open_study", "run_finished", "run_sweep"]
+__all__ = ["LR_RANGES", "WEIGHT_DECAY_RANGE", "SobolThenTPE", "SweepConfig", "best_trial", "default_storage", "edge_flags",
+           "grid_then_seeds", "open_study", "run_sweep", "seed_summary"]

@@ -11,6 +11,7 @@ so finished trials are never lost and the budget still completes.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import statistics
@@ -27,28 +28,14 @@ from optuna.samplers import BaseSampler, TPESampler
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import BaseModel, ConfigDict, Field
 
-from .._io import read_json, write_json
-from ..bank import LoadedSplit
-from ..train import TrainConfig, fit, load_bank_splits, primary_metric
-from ..train.losses import LOSSES
-from ..train.metrics import evaluate_scores
-from ..train.trainer import _loss_name, predict, train_probes
-from .grid import run_finished
+from .._io import write_json
+from ..bank import LoadedBank
+from ..probes import PROBES
+from ..train import LOSSES, Run, TrainConfig, evaluate_scores, fit, loss_name, predict, primary_metric, train_probes
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-# Heartbeats are marked experimental in Optuna; we rely on their current behaviour (tested).
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-# Learning-rate ranges (log-uniform) per probe: a decade or more around the best rates measured on
-# the demo data (docs/probes.md), wide enough that the optimum is inside. Weight decay: the paper's range.
-LR_RANGES: dict[str, tuple[float, float]] = {
-    **{name: (1e-3, 1.0) for name in ("linear", "mlp", "linearc", "freqpool", "conv")},
-    "linpre": (3e-3, 3.0),
-    **{name: (3e-4, 0.1) for name in ("mhca", "simpool")},
-    **{name: (3e-3, 1.0) for name in ("ep", "abmilp")},
-    "proto": (1e-2, 10.0),
-    **{name: (1e-2, 3.0) for name in ("protobin", "protofloat")},
-}
+# Learning-rate ranges (log-uniform) per probe, declared where each probe is registered (`lr_range`):
+# a decade or more around the best rates measured on the demo data. Weight decay: the paper's range.
+LR_RANGES: dict[str, tuple[float, float]] = {name: PROBES.spec(name).lr_range for name in PROBES.names()}
 DEFAULT_LR_RANGE = (1e-4, 1.0)
 WEIGHT_DECAY_RANGE = (1e-5, 5e-4)
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -76,7 +63,9 @@ class SweepConfig(BaseModel):
     device: str = "cpu"
 
     def lr_bounds(self) -> tuple[float, float]:
-        return tuple(self.lr_range or LR_RANGES.get(self.probe, DEFAULT_LR_RANGE))  # type: ignore[return-value]
+        if self.lr_range:
+            return tuple(self.lr_range)  # type: ignore[return-value]
+        return PROBES.spec(self.probe).lr_range if self.probe in PROBES else DEFAULT_LR_RANGE
 
     def n_startup(self) -> int:
         return self.trials // 2 if self.startup_trials is None else self.startup_trials
@@ -127,12 +116,33 @@ class SobolThenTPE(BaseSampler):
         self._tpe.reseed_rng()
 
 
+@contextlib.contextmanager
+def optuna_quietly():
+    """Optuna at WARNING verbosity, its ExperimentalWarning (heartbeats) silenced, for the duration only.
+
+    We rely on heartbeats' current behaviour (tested); a user's own Optuna settings are restored on exit.
+    """
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            yield
+    finally:
+        optuna.logging.set_verbosity(level)
+
+
 def default_storage(folder: str | Path) -> str:
     return f"sqlite:///{Path(folder).resolve() / 'optuna.db'}"
 
 
 def open_study(config: SweepConfig, storage: str, study_name: str) -> optuna.Study:
     """Create or join the study `study_name` in `storage` (its config must match an existing one)."""
+    with optuna_quietly():
+        return _open_study(config, storage, study_name)
+
+
+def _open_study(config: SweepConfig, storage: str, study_name: str) -> optuna.Study:
     from sqlalchemy.exc import SQLAlchemyError
 
     engine = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {"pool_pre_ping": True}
@@ -170,11 +180,11 @@ def _count_live(study: optuna.Study, below: int | None = None) -> int:
     return sum(1 for t in trials if below is None or t.number < below)
 
 
-def _objective_factory(config: SweepConfig, splits: dict[str, LoadedSplit]) -> Callable[[optuna.Trial], float]:
-    train, valid = splits["train"], splits["valid"]
-    multilabel = train.meta.multilabel
+def _objective_factory(config: SweepConfig, bank: LoadedBank) -> Callable[[optuna.Trial], float]:
+    train, valid = bank.train, bank["valid"]
+    multilabel = bank.multilabel
     metric = primary_metric(multilabel)
-    loss_fn = LOSSES[_loss_name(TrainConfig(probe=config.probe), multilabel)]
+    loss_fn = LOSSES[loss_name(TrainConfig(probe=config.probe), multilabel)]
     labels = valid.labels.cpu()
     report_every = max(1, config.epochs // 10)
 
@@ -234,14 +244,19 @@ def _fail_orphans(study: optuna.Study, grace_seconds: float) -> None:
             study.tell(trial.number, state=TrialState.FAIL)
 
 
-def search(study: optuna.Study, config: SweepConfig, splits: dict[str, LoadedSplit], on_trial: Callable | None = None) -> int:
+def search(study: optuna.Study, config: SweepConfig, bank: LoadedBank, on_trial: Callable | None = None) -> int:
     """Run trials in this process until the study holds `config.trials` live trials; returns how many ran here.
 
     Each trial goes through `Study.optimize` (one at a time), which keeps its heartbeat while it runs.
     """
+    with optuna_quietly():
+        return _search(study, config, bank, on_trial)
+
+
+def _search(study: optuna.Study, config: SweepConfig, bank: LoadedBank, on_trial: Callable | None) -> int:
     optuna.storages.fail_stale_trials(study)
     _fail_orphans(study, config.grace_seconds)
-    objective = _objective_factory(config, splits)
+    objective = _objective_factory(config, bank)
 
     def guarded(trial: optuna.Trial) -> float:
         trial.set_user_attr("started", True)  # inside Optuna's heartbeat: see _fail_orphans
@@ -282,13 +297,14 @@ def sweep_finished(study: optuna.Study, trials: int) -> bool:
     return len(states) >= trials and TrialState.RUNNING not in states and TrialState.WAITING not in states
 
 
-def run_sweep(bank: str | Path, config: SweepConfig, out: str | Path, storage: str | None = None,
+def run_sweep(bank: str | Path | LoadedBank, config: SweepConfig, out: str | Path, storage: str | None = None,
               study_name: str | None = None, progress: bool = True) -> dict | None:
     """Search, then (once every trial of the study has finished) retrain the best setting with `config.seeds`
     seeds and write `summary.json` in `out`. Safe to run in several processes at once and to rerun.
 
     Args:
-        bank: the bank (its train and valid splits drive the search; test is only used by the final runs).
+        bank: the bank folder or LoadedBank (its train and valid splits drive the search; test is only used by the
+            final runs).
         out: this search's folder (final runs under `final/seed=<s>`; the default SQLite storage too).
         storage: Optuna storage URL; default `sqlite:///<out>/optuna.db`.
         study_name: default "<bank folder name>/<probe>".
@@ -297,13 +313,12 @@ def run_sweep(bank: str | Path, config: SweepConfig, out: str | Path, storage: s
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    splits = load_bank_splits(bank, device=config.device)
-    if "valid" not in splits:
-        raise ValueError(f"{bank}: the search needs a valid split; extract one (or carve one with the dataset's valid_fraction)")
+    bank = LoadedBank.coerce(bank, device=config.device)
+    bank.require("valid", purpose="the search (or carve a valid split with the dataset's valid_fraction)")
     storage = storage or default_storage(out)
-    study_name = study_name or f"{Path(bank).resolve().name}/{config.probe}"
+    study_name = study_name or f"{bank.root.resolve().name}/{config.probe}"
     write_json(out / "sweep.json", {"config": config.model_dump(mode="json"), "storage": _redact(storage), "study_name": study_name,
-                                    "bank": str(Path(bank).resolve())})
+                                    "bank": str(bank.root.resolve())})
     study = open_study(config, storage, study_name)
     bar = None
     if progress:
@@ -311,13 +326,13 @@ def run_sweep(bank: str | Path, config: SweepConfig, out: str | Path, storage: s
 
         bar = ProgressBar(True, f"sweep {config.probe}", total=config.trials, completed=_count_live(study))
     try:
-        search(study, config, splits, on_trial=bar.advance if bar else None)
+        search(study, config, bank, on_trial=bar.advance if bar else None)
     finally:
         if bar:
             bar.close()
     if not sweep_finished(study, config.trials):
         return None
-    return finalize(bank, study, config, out, splits, progress)
+    return finalize(bank, study, config, out, progress)
 
 
 def _redact(url: str) -> str:
@@ -329,8 +344,8 @@ def _redact(url: str) -> str:
     return url
 
 
-def finalize(bank, study: optuna.Study, config: SweepConfig, out: Path, splits, progress: bool = True) -> dict:
-    """Retrain the best setting with `config.seeds` seeds (skipping finished runs) and write summary.json."""
+def finalize(bank: LoadedBank, study: optuna.Study, config: SweepConfig, out: Path, progress: bool = True) -> dict:
+    """Retrain the best setting with `config.seeds` seeds (reusing finished runs) and write summary.json."""
     best = best_trial(study)
     if best is None:
         raise ValueError(f"study {study.study_name}: no completed, non-diverged trial to retrain")
@@ -339,10 +354,9 @@ def finalize(bank, study: optuna.Study, config: SweepConfig, out: Path, splits, 
         run = TrainConfig(probe=config.probe, probe_args=config.probe_args, epochs=config.epochs, batch_size=config.batch_size,
                           lr=best.params["lr"], weight_decay=best.params["weight_decay"], seed=seed, device=config.device)
         runs.append((run, out / "final" / f"seed={seed}"))
-    todo = [(run, folder) for run, folder in runs if not run_finished(folder, run)]
-    if todo:
-        fit(bank, [run for run, _ in todo], [folder for _, folder in todo], splits=splits, progress=progress)
-    finals = [read_json(folder / "metrics.json") for _, folder in runs]
+    # finished seed runs of this setting are reused; a stale one (another setting or bank) is retrained
+    fit(bank, [run for run, _ in runs], [folder for _, folder in runs], progress=progress, overwrite=True)
+    finals = [Run(folder).metrics for _, folder in runs]
     trials = study.get_trials(deepcopy=False)
     counted = [t for t in trials if not t.user_attrs.get("over_budget")]
     summary = {
@@ -355,11 +369,11 @@ def finalize(bank, study: optuna.Study, config: SweepConfig, out: Path, splits, 
         "ranges": {"lr": list(config.lr_bounds()), "weight_decay": list(config.weight_decay_range)},
         "trials": {state.name.lower(): sum(t.state == state for t in counted) for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)},
         "search_seconds": round(sum(t.user_attrs.get("seconds", 0.0) for t in counted), 1),
-        "num_parameters": finals[0]["num_parameters"],
+        "num_parameters": finals[0].num_parameters,
         "seeds": list(range(config.seeds)),
-        "test": _mean_sd([f["test"] for f in finals if not f.get("diverged") and "test" in f]),
-        "valid": _mean_sd([f["valid"] for f in finals if not f.get("diverged") and "valid" in f]),
-        "train_seconds": [f["train_seconds"] for f in finals],
+        "test": _mean_sd([f.split("test") for f in finals if not f.diverged and f.split("test")]),
+        "valid": _mean_sd([f.split("valid") for f in finals if not f.diverged and f.split("valid")]),
+        "train_seconds": [f.train_seconds for f in finals],
     }
     write_json(out / "summary.json", summary)
     return summary

@@ -17,22 +17,19 @@ import torch
 import torch.nn.functional as F
 
 from ..bank import LoadedSplit
+from .core import TrainConfig, TrainResult, build_probe, predict, split_batches
 from .metrics import evaluate_scores, primary_metric
 
 L2_GRID = tuple(float(v) for v in np.logspace(-6, 0, 13))  # half-decades, 1e-6 .. 1
 
 
 def _features(probe, split: LoadedSplit, device) -> torch.Tensor:
-    from .trainer import split_batches
-
     with torch.no_grad():
         return torch.cat([probe.features(b["tokens"], b["mask"], b["global"]) for b in split_batches(split, device)])
 
 
-def fit_lbfgs(train: LoadedSplit, config):
+def fit_lbfgs(train: LoadedSplit, config: TrainConfig) -> TrainResult:
     """Solve the config's probe head on the whole training split; returns a TrainResult."""
-    from .trainer import TrainResult, build_probe
-
     tick = time.perf_counter()
     probe = build_probe(train, config)
     if not getattr(probe, "supports_lbfgs", False):
@@ -70,14 +67,13 @@ def fit_lbfgs(train: LoadedSplit, config):
     return TrainResult(config=config, probe=probe, history=history, seconds=round(time.perf_counter() - tick, 2), diverged=diverged)
 
 
-def search_l2(train: LoadedSplit, valid: LoadedSplit, config, grid: tuple[float, ...] = L2_GRID):
+def search_l2(train: LoadedSplit, valid: LoadedSplit, config: TrainConfig,
+              grid: tuple[float, ...] = L2_GRID) -> tuple[TrainConfig, dict[float, float], str | None]:
     """Fit one L-BFGS head per L2 strength in `grid`; return (best config, scores by strength, edge flag).
 
     The best strength has the highest validation score (ties: the stronger regularisation). The edge flag
     is "low"/"high" when it is the grid's first/last value: widen the grid then.
     """
-    from .trainer import predict
-
     metric = primary_metric(train.meta.multilabel)
     scores = {}
     for strength in grid:

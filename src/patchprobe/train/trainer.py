@@ -5,56 +5,16 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable
 
-import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from .._progress import ProgressBar
 from ..bank import LoadedSplit
-from ..probes import Probe, create_probe
+from ..probes import Probe
+from .core import TrainConfig, TrainResult, build_probe, evaluate, loss_name, optional_to
+from .lbfgs import fit_lbfgs
 from .losses import LOSSES
-from .metrics import evaluate_scores
-
-
-class TrainConfig(BaseModel):
-    """One probe training run. Saved as `config.json` next to every result.
-
-    loss "auto" = asymmetric loss for multi-label banks, cross-entropy for multi-class ones.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    probe: str = "protobin"
-    probe_args: dict = Field(default_factory=dict)
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
-    loss: Literal["auto", "asl", "bce", "ce"] = "auto"
-    seed: int = 0
-    data_seed: int = 0
-    grad_clip: float | None = None
-    # "adamw": the paper's protocol (epochs, lr, schedule). "lbfgs": full-batch L-BFGS to convergence on
-    # the regularised convex loss (weight_decay = L2 strength); linear, linearc and freqpool only.
-    solver: Literal["adamw", "lbfgs"] = "adamw"
-    lbfgs_iterations: int = 500
-    device: str = "cpu"
-
-
-@dataclass
-class TrainResult:
-    config: TrainConfig
-    probe: Probe
-    metrics: dict[str, dict] = field(default_factory=dict)
-    history: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
-    # Why training stopped early (non-finite loss), or None. A diverged run keeps its metrics empty
-    # so a search can rank it last instead of losing the whole shared pass.
-    diverged: str | None = None
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -62,32 +22,6 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def _loss_name(config: TrainConfig, multilabel: bool) -> str:
-    if config.loss != "auto":
-        if config.loss == "ce" and multilabel:
-            raise ValueError("loss 'ce' needs a multi-class bank; this bank is multi-label (use asl or bce)")
-        return config.loss
-    return "asl" if multilabel else "ce"
-
-
-@torch.no_grad()
-def predict(probe: Probe, split: LoadedSplit, batch_size: int = 256) -> np.ndarray:
-    """Logits of a probe on every clip of a loaded split: (N, C) float32."""
-    probe.eval()
-    device = next(probe.parameters()).device
-    out = [probe(b["tokens"], b["mask"], b["global"]).float().cpu() for b in split_batches(split, device, batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros((0, probe.num_classes), np.float32)
-
-
-def evaluate(probe: Probe, split: LoadedSplit) -> dict:
-    """Metrics of a probe on a split (mAP/AUROC for multi-label, accuracy too for multi-class)."""
-    return evaluate_scores(split.labels.cpu().numpy(), predict(probe, split), split.meta.multilabel, split.meta.metrics or None)
-
-
-def _to(value: torch.Tensor | None, device) -> torch.Tensor | None:
-    return None if value is None else value.to(device)
 
 
 def train_probes(
@@ -116,8 +50,6 @@ def train_probes(
     groups: dict[tuple, list[int]] = {}
     for i, config in enumerate(configs):
         if config.solver == "lbfgs":
-            from .lbfgs import fit_lbfgs
-
             results[i] = fit_lbfgs(train, config)
             continue
         groups.setdefault((config.epochs, config.batch_size, config.data_seed), []).append(i)
@@ -133,30 +65,6 @@ def train_probes(
     return results  # type: ignore[return-value]
 
 
-def split_batches(split: LoadedSplit, device, batch_size: int = 256):
-    """The whole split once, in order, as batches on `device` (for statistics and full-batch solvers)."""
-    for start in range(0, len(split), batch_size):
-        batch = split.batch(torch.arange(start, min(start + batch_size, len(split)), device=split.tokens.device))
-        yield {"tokens": batch["tokens"].to(device), "mask": batch["mask"].to(device),
-               "global": _to(batch["global"], device), "labels": batch["labels"].to(device)}
-
-
-def build_probe(train: LoadedSplit, config: TrainConfig) -> Probe:
-    """The config's probe for this bank, seeded, with its training statistics fitted (`Probe.prepare`)."""
-    torch.manual_seed(config.seed)
-    probe = create_probe(
-        config.probe,
-        token_dim=train.meta.token_dim,
-        num_classes=train.labels.shape[1],
-        global_dim=train.meta.global_dim,
-        freq_tokens=train.meta.freq_dim or train.tokens.shape[2],
-        **config.probe_args,
-    ).to(config.device)
-    if type(probe).prepare is not Probe.prepare:
-        probe.prepare(split_batches(train, config.device))
-    return probe
-
-
 def _train_group(train: LoadedSplit, configs, epochs, batch_size, data_seed, progress, on_epoch=None) -> list[TrainResult]:
     multilabel = train.meta.multilabel
     members = []
@@ -170,7 +78,7 @@ def _train_group(train: LoadedSplit, configs, epochs, batch_size, data_seed, pro
                 "config": config,
                 "probe": probe,
                 "optimizer": optimizer,
-                "loss": LOSSES[_loss_name(config, multilabel)],
+                "loss": LOSSES[loss_name(config, multilabel)],
                 "history": [],
                 "seconds": 0.0,
                 "diverged": None,
@@ -226,7 +134,7 @@ def _step(member: dict, batch: dict, step: int, total: int, steps_per_epoch: int
     factor = _lr_factor(step, total, int(round(config.warmup_epochs * steps_per_epoch)))
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] * factor
-    logits = probe(batch["tokens"].to(device), batch["mask"].to(device), _to(batch["global"], device))
+    logits = probe(batch["tokens"].to(device), batch["mask"].to(device), optional_to(batch["global"], device))
     loss = member["loss"](logits, batch["labels"].to(device))
     auxiliary = probe.auxiliary_loss()
     if auxiliary is not None:

@@ -11,7 +11,6 @@ banks resume chunk by chunk, searches trial by trial, seed runs are skipped once
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from pathlib import Path
@@ -21,12 +20,14 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from .._io import atomic_write_with, read_json
-from ..bank import Bank, extract_bank
-from ..datasets import ManifestDataset, checked, create_dataset
-from ..encoders import create_encoder
-from ..errors import BankError
-from .search import SweepConfig, default_storage, run_sweep
+from ._io import atomic_write_with, read_json
+from ._lock import FileLock
+from .bank import Bank, extract_bank
+from .datasets import ManifestDataset, checked, create_dataset
+from .encoders import create_encoder
+from .errors import BankError
+from .sweep import SweepConfig, default_storage, run_sweep
+from .train import Run
 
 PATH_KEYS = ("root", "data_dir", "manifest", "path")
 
@@ -148,57 +149,11 @@ class Grid:
 
 
 def _bank_complete(folder: Path) -> bool:
-    if not (folder / "bank.json").exists():
-        return False
+    """True when the bank at `folder` holds every split and clip its extraction was asked for (the bank decides)."""
     try:
-        bank = Bank(folder)
-        return bool(bank.splits) and all(bank.split(name).meta.complete for name in bank.splits) and (folder / ".extracted").exists()
-    except BankError:
+        return Bank(folder).is_complete()
+    except (BankError, OSError, ValueError):  # no bank yet, or one being created
         return False
-
-
-class _Lock:
-    """An exclusive lock file (O_EXCL) naming its holder; a holder dead on this host is taken over."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                if not self._stale():
-                    return False
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as handle:
-                json.dump(holder, handle)
-            return True
-        return False
-
-    def _stale(self) -> bool:
-        try:
-            holder = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return False  # being written right now
-        if holder.get("host") != socket.gethostname():
-            return False  # another machine's worker: trust it
-        try:
-            os.kill(int(holder["pid"]), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
-
-    def release(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-    def held(self) -> bool:
-        return self.path.exists() and not self._stale()
 
 
 def _log_job(grid: Grid, job: Job, seconds: float) -> None:
@@ -221,7 +176,7 @@ def run_grid(path: str | Path, poll_seconds: float = 10.0, progress: bool = True
                 continue
             tick = time.perf_counter()
             if job.kind == "extract":
-                lock = _Lock(grid.bank_dir(job).with_suffix(".lock"))
+                lock = FileLock(grid.bank_dir(job).with_suffix(".lock"))
                 if not lock.acquire():
                     continue
                 try:
@@ -230,7 +185,6 @@ def run_grid(path: str | Path, poll_seconds: float = 10.0, progress: bool = True
                     encoder = create_encoder(entry.name, device=grid.config.device, **entry.args)
                     extract_bank(checked(grid.open_dataset(job.dataset)), encoder, grid.bank_dir(job), batch_size=grid.config.batch_size,
                                  progress=progress)
-                    (grid.bank_dir(job) / ".extracted").write_text(json.dumps({"finished": time.time()}))
                 finally:
                     lock.release()
             else:
@@ -255,14 +209,14 @@ def collect_results(grid: Grid) -> pd.DataFrame:
         folder = grid.sweep_dir(job)
         summary = read_json(folder / "summary.json")
         for seed in summary["seeds"]:
-            metrics = read_json(folder / "final" / f"seed={seed}" / "metrics.json")
+            metrics = Run(folder / "final" / f"seed={seed}").metrics
             for split in ("valid", "test"):
-                for metric, value in (metrics.get(split) or {}).items():
+                for metric, value in metrics.split(split).items():
                     if isinstance(value, float):
                         rows.append({
                             "encoder": job.encoder, "dataset": job.dataset, "probe": job.probe, "seed": seed, "split": split,
                             "metric": metric, "value": value, "num_parameters": summary["num_parameters"],
-                            "train_seconds": metrics.get("train_seconds"), "search_seconds": summary["search_seconds"],
+                            "train_seconds": metrics.train_seconds, "search_seconds": summary["search_seconds"],
                             "lr": summary["best"]["lr"], "weight_decay": summary["best"]["weight_decay"],
                             "lr_edge": summary["edge"]["lr"], "weight_decay_edge": summary["edge"]["weight_decay"],
                             "trials_complete": summary["trials"]["complete"], "trials_pruned": summary["trials"]["pruned"],
@@ -292,7 +246,7 @@ def grid_status(path: str | Path) -> dict:
         state, trials = "pending", None
         if grid.is_done(job):
             state = "done"
-        elif job.kind == "extract" and _Lock(grid.bank_dir(job).with_suffix(".lock")).held():
+        elif job.kind == "extract" and FileLock(grid.bank_dir(job).with_suffix(".lock")).held():
             state = "running"
         elif job.kind == "sweep":
             if not grid.depends_done(job):
