@@ -140,6 +140,31 @@ def test_a_second_process_cannot_write_the_same_run(loaded, tmp_path):
     assert Run(out).finished
 
 
+HOLD_A_LOCK_BRIEFLY = textwrap.dedent("""
+    import json, os, socket, sys, time
+    # the lock file format (O_EXCL create, holder as JSON), written without importing patchprobe
+    fd = os.open(sys.argv[1], os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}).encode())
+    os.close(fd)
+    print("locked", flush=True)
+    time.sleep(2)
+    os.remove(sys.argv[1])
+""")
+
+
+def test_a_writer_may_wait_for_another_to_finish(loaded, tmp_path):
+    out = tmp_path / "runs" / "run"
+    out.parent.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_A_LOCK_BRIEFLY, str(Run.lock(out).path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        fit(loaded, [TrainConfig(**FAST)], [out], progress=False, wait_seconds=60)
+        assert holder.wait(timeout=30) == 0 and Run(out).finished
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_cli_train_refuses_a_different_run_and_overwrites_when_asked(loaded, tmp_path):
     out = tmp_path / "runs" / "run"
     runner = CliRunner()

@@ -16,6 +16,9 @@ import numpy as np
 from ..bank import LoadedBank
 from ..train import Run, TrainConfig, fit, primary_metric
 
+# A run folder another process is writing (a second worker on the same grid) is waited for, then reused.
+WAIT_FOR_OTHER_WRITERS = 3600.0
+
 
 def seed_summary(runs: list[Run], metric: str) -> dict:
     """One result row over the seed runs of one setting (the first run's seed is the one a rate was chosen with).
@@ -75,7 +78,8 @@ def grid_then_seeds(
 
     def train_missing(runs: list[tuple[TrainConfig, Path]]) -> None:
         # finished folders of the same setting are reused; a stale one (another setting or bank) is retrained
-        fit(bank, [config for config, _ in runs], [folder for _, folder in runs], progress=progress, overwrite=True)
+        fit(bank, [config for config, _ in runs], [folder for _, folder in runs], progress=progress, overwrite=True,
+            wait_seconds=WAIT_FOR_OTHER_WRITERS)
 
     search = {name: [plan(name, lr, first) for lr in lr_grid[name]] for name in variants}
     train_missing([run for runs in search.values() for run in runs])

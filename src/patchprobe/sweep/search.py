@@ -32,6 +32,7 @@ from .._io import write_json
 from ..bank import LoadedBank
 from ..probes import PROBES
 from ..train import LOSSES, Run, TrainConfig, evaluate_scores, fit, loss_name, predict, primary_metric, train_probes
+from .grid import WAIT_FOR_OTHER_WRITERS
 
 # Learning-rate ranges (log-uniform) per probe, declared where each probe is registered (`lr_range`):
 # a decade or more around the best rates measured on the demo data. Weight decay: the paper's range.
@@ -355,7 +356,9 @@ def finalize(bank: LoadedBank, study: optuna.Study, config: SweepConfig, out: Pa
                           lr=best.params["lr"], weight_decay=best.params["weight_decay"], seed=seed, device=config.device)
         runs.append((run, out / "final" / f"seed={seed}"))
     # finished seed runs of this setting are reused; a stale one (another setting or bank) is retrained
-    fit(bank, [run for run, _ in runs], [folder for _, folder in runs], progress=progress, overwrite=True)
+    # two workers finishing the last trials together both get here: the second waits for the first's runs
+    fit(bank, [run for run, _ in runs], [folder for _, folder in runs], progress=progress, overwrite=True,
+        wait_seconds=WAIT_FOR_OTHER_WRITERS)
     finals = [Run(folder).metrics for _, folder in runs]
     trials = study.get_trials(deepcopy=False)
     counted = [t for t in trials if not t.user_attrs.get("over_budget")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from ..bank import LoadedBank
@@ -18,6 +19,7 @@ def fit(
     out_dirs: list[str | Path],
     progress: bool = True,
     overwrite: bool = False,
+    wait_seconds: float = 0.0,
 ) -> list[TrainResult]:
     """Train each config on the bank's train split, evaluate on its other splits, write one run folder per config.
 
@@ -30,6 +32,8 @@ def fit(
         bank: a bank folder, or a LoadedBank (saves re-reading the bank when called repeatedly).
         configs, out_dirs: one output folder per config.
         overwrite: replace finished runs of another setting.
+        wait_seconds: how long to wait for another process writing one of the folders (then reuse its run
+            if it is this setting); 0 refuses at once. A lock left by a dead process on this host is taken over.
 
     Returns:
         one TrainResult per config, in order (`reused` True for the folders that were kept).
@@ -46,11 +50,14 @@ def fit(
     loaded = LoadedBank.coerce(bank, device=configs[0].device)
     locks = []
     try:
+        deadline = time.monotonic() + wait_seconds
         for folder in folders:
             lock = Run.lock(folder)
-            if not lock.acquire():
-                raise RunError(f"{folder}: another process is writing this run ({lock.describe()}); "
-                               "wait for it to finish, or use another output folder")
+            while not lock.acquire():
+                if time.monotonic() >= deadline:
+                    raise RunError(f"{folder}: another process is writing this run ({lock.describe()}); "
+                                   "wait for it to finish, or use another output folder")
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
             locks.append(lock)
         results: list[TrainResult | None] = [None] * len(configs)
         todo = []
