@@ -11,6 +11,7 @@ banks resume chunk by chunk, searches trial by trial, seed runs are skipped once
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from pathlib import Path
@@ -18,14 +19,15 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ._io import atomic_write_with, read_json
+from ._io import atomic_write_with, read_json, write_json
 from ._lock import FileLock
 from .bank import Bank, extract_bank
-from .datasets import ManifestDataset, checked, create_dataset
+from .datasets import ManifestDataset, MixupAugmented, MixupConfig, checked, create_dataset
 from .encoders import create_encoder
 from .errors import BankError
+from .probes import PROBES
 from .sweep import SweepConfig, default_storage, run_sweep
 from .train import Run
 
@@ -39,18 +41,47 @@ class EncoderEntry(BaseModel):
     key: str | None = None  # folder/table name; default: name
     args: dict = Field(default_factory=dict)  # e.g. checkpoint: PATH, layer: 6
 
+    _key_is_safe = field_validator("key")(lambda cls, v: v if v is None else safe_name(v, "encoder key"))
+
     @property
     def label(self) -> str:
-        return self.key or self.name
+        return self.key or safe_name(self.name, "encoder name (give a `key`)")
+
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def safe_name(name: str, what: str) -> str:
+    """`name` if it can become one folder name (letters, digits, `._+-`, not starting with a dot), else ValueError.
+
+    Names in a grid file become folders under `banks/` and `runs/`; a grid shared between machines is
+    untrusted input, so no name may climb out of its folder (`..`, `/`) or hide (a leading dot).
+    """
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        raise ValueError(f"{what} {name!r}: use letters, digits and . _ + - only (it becomes a folder name), "
+                         "starting with a letter or digit")
+    return name
 
 
 class DatasetEntry(BaseModel):
+    """One dataset of a grid, with its protocol: options, per-probe arguments, k-shot draws, mixup variants."""
+
     model_config = ConfigDict(extra="forbid")
 
     name: str  # folder/table name
     manifest: str | None = None  # a CSV manifest, or
     dataset: str | None = None  # a registered dataset (benchmark key, folder, synthetic)
     options: dict = Field(default_factory=dict)  # its options (data_dir, k, seed, root, kind, ...)
+    probe_args: dict[str, dict] = Field(default_factory=dict)  # probe name or family -> arguments (the name wins)
+    draws: list[int] = Field(default_factory=list)  # k-shot draws: one bank per value of the option `seed`
+    augment_variants: int = Field(default=0, ge=0)  # mixup variants per training clip (BirdSet protocol: 5)
+    augment_p: float = Field(default=0.9, ge=0.0, le=1.0)
+
+    _name_is_safe = field_validator("name")(lambda cls, v: safe_name(v, "dataset name"))
+
+    def cells(self) -> dict[str, int | None]:
+        """Bank/run folder name -> k-shot draw (None without draws): `hsn-draw1`, `hsn-draw2`, ... or `hsn`."""
+        return {f"{self.name}-draw{d}": d for d in self.draws} if self.draws else {self.name: None}
 
 
 class GridConfig(BaseModel):
@@ -105,6 +136,8 @@ class Grid:
         self.storage = self.config.storage or default_storage(self.runs)
         self.encoders = {e.label: e for e in self.config.encoders}
         self.datasets = {d.name: d for d in self.config.datasets}
+        # a cell is one bank per encoder: a dataset, or one k-shot draw of it
+        self.cells = {cell: (entry, draw) for entry in self.config.datasets for cell, draw in entry.cells().items()}
         for kind, names in (("encoder", [e.label for e in self.config.encoders]), ("dataset", [d.name for d in self.config.datasets])):
             if len(set(names)) != len(names):
                 raise ValueError(f"{path}: {kind} names must be unique (got {names}); give repeated encoders a `key`")
@@ -112,7 +145,7 @@ class Grid:
     def jobs(self) -> list[Job]:
         out = []
         for encoder in self.encoders:
-            for dataset in self.datasets:
+            for dataset in self.cells:
                 out.append(Job(kind="extract", encoder=encoder, dataset=dataset))
                 out += [Job(kind="sweep", encoder=encoder, dataset=dataset, probe=probe) for probe in self.config.probes]
         return out
@@ -126,26 +159,69 @@ class Grid:
     def study_name(self, job: Job) -> str:
         return f"{self.config.name}/{job.encoder}/{job.dataset}/{job.probe}"
 
-    def sweep_config(self, probe: str) -> SweepConfig:
-        return SweepConfig(probe=probe, trials=self.config.trials, startup_trials=self.config.startup_trials,
+    def sweep_config(self, probe: str, dataset: str | None = None) -> SweepConfig:
+        """The search of `probe` on cell `dataset`, with the dataset's probe arguments (by probe name, else family)."""
+        probe_args = {}
+        if dataset is not None:
+            entry = self.cells[dataset][0]
+            family = PROBES.spec(probe).family if probe in PROBES else None
+            probe_args = dict(entry.probe_args.get(probe, entry.probe_args.get(family, {})))
+        return SweepConfig(probe=probe, probe_args=probe_args, trials=self.config.trials, startup_trials=self.config.startup_trials,
                            epochs=self.config.epochs, seeds=self.config.seeds, device=self.config.device)
 
     def open_dataset(self, name: str):
-        entry = self.datasets[name]
+        """The dataset of cell `name`: the entry's options (paths relative to the grid file), the draw's
+        `seed`, and the mixup variants."""
+        entry, draw = self.cells[name]
         options = {k: (str(self.root / v) if k in PATH_KEYS and isinstance(v, str) else v) for k, v in entry.options.items()}
+        if draw is not None:
+            options["seed"] = draw
         if entry.manifest:
-            return ManifestDataset(self.root / entry.manifest, **options)
-        if entry.dataset:
-            return create_dataset(entry.dataset, **options)
-        raise ValueError(f"dataset {name!r}: give `manifest` or `dataset`")
+            data = ManifestDataset(self.root / entry.manifest, **options)
+        elif entry.dataset:
+            data = create_dataset(entry.dataset, **options)
+        else:
+            raise ValueError(f"dataset {entry.name!r}: give `manifest` or `dataset`")
+        data = checked(data)
+        if entry.augment_variants:
+            data = MixupAugmented(data, MixupConfig(variants=entry.augment_variants, p=entry.augment_p))
+        return data
 
     def is_done(self, job: Job) -> bool:
-        if job.kind == "extract":
-            return _bank_complete(self.bank_dir(job))
-        return (self.sweep_dir(job) / "summary.json").exists()
+        finished = _bank_complete(self.bank_dir(job)) if job.kind == "extract" else (self.sweep_dir(job) / "summary.json").exists()
+        if finished or self.identity_file(job).exists():
+            self.claim(job)  # a result (or a started job) of another setting is refused, never reused
+        return finished
 
     def depends_done(self, job: Job) -> bool:
         return job.kind == "extract" or _bank_complete(self.banks / job.encoder / job.dataset)
+
+    def job_identity(self, job: Job) -> dict:
+        """Everything a job's result depends on, so that a changed grid entry never reuses an old result:
+        the encoder entry and the dataset entry (and draw) for an extraction, plus the search settings."""
+        entry, draw = self.cells[job.dataset]
+        identity = {"encoder": self.encoders[job.encoder].model_dump(mode="json"),
+                    "dataset": entry.model_dump(mode="json", exclude={"probe_args"}), "draw": draw}
+        if job.kind == "sweep":
+            identity["search"] = self.sweep_config(job.probe, job.dataset).model_dump(mode="json", exclude={"device"})
+        return identity
+
+    def identity_file(self, job: Job) -> Path:
+        return (self.bank_dir(job) if job.kind == "extract" else self.sweep_dir(job)) / "grid-job.json"
+
+    def claim(self, job: Job) -> None:
+        """Record the job's identity in its folder, or refuse when the folder holds another job's result."""
+        path, identity = self.identity_file(job), self.job_identity(job)
+        if path.exists():
+            stored = read_json(path)
+            if stored != identity:
+                changed = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
+                raise BankError(f"{path.parent}: this folder holds {job.kind} results of another setting of "
+                                f"{job.key} ({', '.join(changed)} changed in the grid file). Give the changed entry a new "
+                                "name or `key` (a new folder), or delete the folder to recompute it")
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, identity)
 
 
 def _bank_complete(folder: Path) -> bool:
@@ -183,13 +259,15 @@ def run_grid(path: str | Path, poll_seconds: float = 10.0, progress: bool = True
                     log(f"[{job.key}] extracting")
                     entry = grid.encoders[job.encoder]
                     encoder = create_encoder(entry.name, device=grid.config.device, **entry.args)
-                    extract_bank(checked(grid.open_dataset(job.dataset)), encoder, grid.bank_dir(job), batch_size=grid.config.batch_size,
+                    grid.claim(job)
+                    extract_bank(grid.open_dataset(job.dataset), encoder, grid.bank_dir(job), batch_size=grid.config.batch_size,
                                  progress=progress)
                 finally:
                     lock.release()
             else:
                 log(f"[{job.key}] searching ({grid.config.trials} trials)")
-                summary = run_sweep(grid.bank_dir(job), grid.sweep_config(job.probe), grid.sweep_dir(job), storage=grid.storage,
+                grid.claim(job)
+                summary = run_sweep(grid.bank_dir(job), grid.sweep_config(job.probe, job.dataset), grid.sweep_dir(job), storage=grid.storage,
                                     study_name=grid.study_name(job), progress=progress)
                 if summary is None:
                     continue
@@ -201,20 +279,23 @@ def run_grid(path: str | Path, poll_seconds: float = 10.0, progress: bool = True
 
 
 def collect_results(grid: Grid) -> pd.DataFrame:
-    """One row per (encoder, dataset, probe, seed, split, metric), written to results.parquet and results.csv."""
+    """One row per (encoder, dataset, draw, probe, seed, split, metric), written to results.parquet and
+    results.csv; the per-cell summary (`summarize_results`) to cells.csv."""
     rows = []
     for job in grid.jobs():
         if job.kind != "sweep" or not grid.is_done(job):
             continue
         folder = grid.sweep_dir(job)
         summary = read_json(folder / "summary.json")
+        entry, draw = grid.cells[job.dataset]
         for seed in summary["seeds"]:
             metrics = Run(folder / "final" / f"seed={seed}").metrics
             for split in ("valid", "test"):
                 for metric, value in metrics.split(split).items():
                     if isinstance(value, float):
                         rows.append({
-                            "encoder": job.encoder, "dataset": job.dataset, "probe": job.probe, "seed": seed, "split": split,
+                            "encoder": job.encoder, "dataset": entry.name, "draw": draw, "probe": job.probe, "seed": seed,
+                            "split": split,
                             "metric": metric, "value": value, "num_parameters": summary["num_parameters"],
                             "train_seconds": metrics.train_seconds, "search_seconds": summary["search_seconds"],
                             "lr": summary["best"]["lr"], "weight_decay": summary["best"]["weight_decay"],
@@ -225,7 +306,31 @@ def collect_results(grid: Grid) -> pd.DataFrame:
     grid.results.mkdir(parents=True, exist_ok=True)
     atomic_write_with(grid.results / "results.parquet", lambda tmp: table.to_parquet(tmp, index=False))
     atomic_write_with(grid.results / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
+    cells = summarize_results(table)
+    atomic_write_with(grid.results / "cells.csv", lambda tmp: cells.to_csv(tmp, index=False))
     return table
+
+
+def summarize_results(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (encoder, dataset, probe, split, metric): mean and sd over k-shot draws of each draw's
+    mean over seeds (the paper's aggregate for BirdSet), or over seeds where a dataset has no draws.
+
+    Columns: mean, sd, n (draws, or seeds), seeds (per draw).
+    """
+    columns = ["encoder", "dataset", "probe", "split", "metric", "mean", "sd", "n", "seeds"]
+    if table.empty:
+        return pd.DataFrame(columns=columns)
+    keys = ["encoder", "dataset", "probe", "split", "metric"]
+    with_draw = table.assign(draw=table["draw"].fillna(-1))
+    per_draw = with_draw.groupby(keys + ["draw"], as_index=False).agg(value=("value", "mean"), seeds=("seed", "nunique"))
+    rows = []
+    for key, group in per_draw.groupby(keys):
+        drawn = (group["draw"] >= 0).any()
+        values = group["value"] if drawn else with_draw.set_index(keys).loc[key, "value"]
+        values = pd.Series(values, dtype=float)
+        rows.append({**dict(zip(keys, key)), "mean": values.mean(), "sd": values.std(ddof=1) if len(values) > 1 else 0.0,
+                     "n": len(values), "seeds": int(group["seeds"].min())})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def grid_status(path: str | Path) -> dict:

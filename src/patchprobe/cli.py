@@ -315,13 +315,17 @@ def bench_run(
     """Do every unfinished job of the grid (start this on as many machines as you like), then write the results table."""
     from .bench import run_grid
 
+    from .bench import Grid, summarize_results
+
     table = run_grid(grid, poll_seconds=poll, progress=not quiet, log=lambda message: console.print(escape(message)))
     if table.empty:
         console.print("no results yet")
         return
-    test = table[table["split"] == "test"]
-    summary = test.groupby(["encoder", "dataset", "probe", "metric"])["value"].agg(["mean", "std", "count"]).reset_index()
-    console.print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    cells = summarize_results(table)
+    test = cells[cells["split"] == "test"].drop(columns=["split"])
+    console.print(test.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    console.print(f"mean ± sd over k-shot draws (n = draws) or seeds (n = seeds); tables in {Grid(grid).results}: "
+                  "results.parquet / results.csv (one row per seed and metric), cells.csv (the summary above)")
 
 
 @command("status", app=bench_app)
@@ -339,6 +343,37 @@ def bench_status(grid: Path = typer.Argument(..., help="GRID.yaml")) -> None:
     eta_text = "unknown until a job of each kind has finished" if eta is None else f"{eta / 60:.1f} min for one worker" + (
         "" if status["eta_complete"] else " (lower bound: some job kinds have no timing yet)")
     console.print(f"{counts}; ETA {eta_text}")
+
+
+@command("plan", app=bench_app)
+def bench_plan(
+    grid: Path = typer.Argument(..., help="GRID.yaml"),
+    jobs: bool = typer.Option(True, "--jobs/--totals", help="list every job, or only the totals"),
+    as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
+) -> None:
+    """Every job of a grid before anything runs: bank sizes and estimated hours per device (estimates: see docs/sweeps.md)."""
+    from .bench_plan import plan_grid
+
+    plan = plan_grid(grid)
+    if as_json:
+        console.print_json(json.dumps(plan))
+        return
+    devices = list(plan["devices"])
+    hours = lambda value: "?" if value is None else f"{value:,.2f}"  # noqa: E731
+    if jobs:
+        table = Table("job", "bank GB", *[f"h {d}" for d in devices], title=f"grid {plan['grid']}: {len(plan['jobs'])} jobs")
+        for job in plan["jobs"]:
+            bank = "" if job["bank_gb"] is None else f"{job['bank_gb']:,.2f}"
+            table.add_row(escape(job["job"]) + ("" if job["exact"] else " [?]"), bank, *[hours(job["hours"][d]) for d in devices])
+        console.print(table)
+    kinds = {kind: sum(j["kind"] == kind for j in plan["jobs"]) for kind in ("extract", "sweep")}
+    console.print(f"{kinds['extract']} extractions, {kinds['sweep']} searches of {plan['trials']} trials x {plan['epochs']} epochs "
+                  f"+ {plan['seeds']} seed runs; banks {plan['totals']['bank_gb']:,.0f} GB (float16)")
+    for device, label in plan["devices"].items():
+        total = plan["totals"]["hours"][device]
+        console.print(f"  {label}: {total:,.0f} h ({total / 24:,.1f} days) for one worker, searches unpruned (an upper bound)")
+    if plan["unknown"]:
+        console.print(f"[yellow]no estimate for: {', '.join(plan['unknown'])}[/yellow] (no measured geometry, or not a benchmark dataset)")
 
 
 @command()
