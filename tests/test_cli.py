@@ -63,13 +63,29 @@ def test_demo_zoo_mode_reports_mean_and_sd_over_seeds(tmp_path):
     assert (tmp_path / "zoo" / "demo_results.png").stat().st_size > 10_000
 
 
-def test_probes_table_counts_parameters_for_given_sizes():
+def test_probes_table_counts_parameters_for_given_sizes(monkeypatch):
     result = runner.invoke(app, ["probes", "--dim", "768", "--classes", "527"])
     assert result.exit_code == 0, result.output
     # mhca: 12 D^2 + 14 D + (D + 1) C; linear: (D + 1) C; protobin (J=20): M D + (M + 1) C with M = 20 C.
     d, c, m = 768, 527, 20 * 527
     for count in (12 * d * d + 14 * d + (d + 1) * c, (d + 1) * c, m * d + (m + 1) * c):
         assert f"{count:,}" in result.output
+    from patchprobe import cli
+
+    monkeypatch.setattr(cli.console, "_width", 250)  # wide enough that no cell folds: family, lr range, grid, arguments
+    wide = runner.invoke(app, ["probes"])
+    protobin = next(line for line in wide.output.splitlines() if " protobin " in line)
+    for cell in ("prototype", "0.01-3", "0.03, 0.1, 0.3", "prototypes_per_class=20, dropout=0.0"):
+        assert cell in protobin, protobin
+
+
+def test_every_command_reports_bad_input_in_one_line(tmp_path):
+    for command in (["analyze", str(tmp_path)], ["export", str(tmp_path / "missing")], ["plot", str(tmp_path), "--x", "lr"],
+                    ["train", "--bank", str(tmp_path), "--probe", "linear", "--out", str(tmp_path / "run")],
+                    ["sweep", "--bank", str(tmp_path), "--probe", "nope", "--out", str(tmp_path / "s")],
+                    ["bench", "status", str(tmp_path / "GRID.yaml")]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2 and result.output.startswith("error:") and "Traceback" not in result.output, (command, result.output)
 
 
 def test_export_analyze_and_plot_commands(tiny_bank, tmp_path):

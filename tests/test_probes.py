@@ -172,3 +172,55 @@ def test_bad_arguments_are_explained():
 def test_registry_error_lists_known_probes():
     with pytest.raises(KeyError, match="available: .*protobin"):
         create_probe("nope", token_dim=4, num_classes=2)
+
+
+# The search ranges and demo grids as they were before they moved onto the registrations (behaviour unchanged).
+PINNED = {
+    **{name: ((1e-3, 1.0), [3e-3, 1e-2, 3e-2, 1e-1, 3e-1]) for name in ("linear", "mlp", "linearc", "freqpool")},
+    "conv": ((1e-3, 1.0), [3e-3, 1e-2, 3e-2, 1e-1]),
+    "linpre": ((3e-3, 3.0), [1e-2, 3e-2, 1e-1, 3e-1, 1.0]),
+    **{name: ((3e-4, 0.1), [3e-3, 1e-2, 3e-2]) for name in ("mhca", "simpool")},
+    **{name: ((3e-3, 1.0), [1e-2, 3e-2, 1e-1, 3e-1]) for name in ("ep", "abmilp")},
+    "proto": ((1e-2, 10.0), [3e-2, 1e-1, 3e-1, 1.0, 3.0]),
+    **{name: ((1e-2, 3.0), [3e-2, 1e-1, 3e-1]) for name in ("protobin", "protofloat")},
+}
+
+
+def test_each_probe_is_described_once_on_its_registration():
+    from patchprobe.demo import DemoConfig, registered_lr_grids
+    from patchprobe.sweep import LR_RANGES, SweepConfig
+
+    assert FAMILIES == {"fixed": ["linear", "mlp", "linearc", "linpre", "freqpool", "conv"],
+                        "attentive": ["mhca", "ep", "simpool", "abmilp"], "prototype": ["proto", "protobin", "protofloat"]}
+    for name, (lr_range, lr_grid) in PINNED.items():
+        spec = PROBES.spec(name)
+        assert (spec.lr_range, list(spec.lr_grid)) == (lr_range, lr_grid), name
+        assert LR_RANGES[name] == lr_range and SweepConfig(probe=name).lr_bounds() == lr_range
+        assert registered_lr_grids()[name] == lr_grid == DemoConfig().grid(name)
+        assert PROBES.get(name).name == name  # the registered name is the class's only spelling
+    quick = DemoConfig.quick_mode().lr_grid
+    assert (quick["linear"], quick["mhca"], quick["protobin"], quick["conv"]) == ([1e-1], [1e-2], [1e-1], [3e-2])
+    assert PROBES.spec("protobin").arguments() == {"prototypes_per_class": 20, "dropout": 0.0}
+
+
+def test_probe_registration_checks_its_description():
+    from patchprobe.errors import RegistryError
+    from patchprobe.probes import Probe, ProbeRegistry
+
+    registry = ProbeRegistry()
+
+    @registry.register("mean", "mean of tokens, linear", family="fixed", lr_range=(1e-3, 1.0), lr_grid=[1e-2])
+    class MeanProbe(Probe):
+        def __init__(self, token_dim, num_classes, global_dim=0, freq_tokens=0, scale: float = 1.0):
+            super().__init__(token_dim, num_classes, global_dim, freq_tokens)
+
+    assert MeanProbe.name == "mean" and registry.families() == {"fixed": ["mean"]}
+    assert registry.spec("mean").arguments() == {"scale": 1.0} and registry.spec("mean").lr_grid == (1e-2,)
+    with pytest.raises(RegistryError, match="registered twice"):
+        registry.register("mean", family="fixed", lr_range=(1e-3, 1.0), lr_grid=[1e-2])(MeanProbe)
+    with pytest.raises(RegistryError, match="family 'pooled' is not one of fixed, attentive, prototype"):
+        registry.register("other", family="pooled", lr_range=(1e-3, 1.0), lr_grid=[1e-2])
+    with pytest.raises(RegistryError, match="lr_range must be 0 < low < high"):
+        registry.register("other", family="fixed", lr_range=(1.0, 1e-3), lr_grid=[1e-2])
+    with pytest.raises(RegistryError, match="unknown probe 'nope'; available: mean"):
+        registry.spec("nope")

@@ -474,7 +474,7 @@ def probes(
     prototypes_per_class: int = typer.Option(20, help="J for the prototype probes"),
 ) -> None:
     """List every registered probe: family, trainable parameters for D, C (and G, F, J), search range, demo grid, arguments."""
-    from .probes import FAMILIES, PROBES, create_probe
+    from .probes import PROBES, create_probe
 
     glob = dim if global_dim is None else global_dim
     table = Table(title=f"registered probes (D={dim}, C={classes}, G={glob}, F={freq_tokens}, J={prototypes_per_class})")
@@ -482,7 +482,7 @@ def probes(
         table.add_column(column, no_wrap=True)
     for column in ("lr grid", "arguments (default)", "description"):
         table.add_column(column, overflow="fold")
-    for name in (name for names in FAMILIES.values() for name in names):
+    for name in (name for names in PROBES.families().values() for name in names):
         spec = PROBES.spec(name)
         arguments = spec.arguments()
         chosen = {"prototypes_per_class": prototypes_per_class} if "prototypes_per_class" in arguments else {}

@@ -19,7 +19,7 @@ from ._version import __version__
 from .bank import Bank, LoadedBank, extract_bank
 from .datasets import SyntheticConfig, load_synthetic_dataset
 from .encoders import create_encoder
-from .probes import FAMILIES, PROBES
+from .probes import PROBES
 from .report import grouped_bar_chart, markdown_table, ranked_bar_chart
 from .sweep import grid_then_seeds, seed_summary
 from .train import Run, TrainConfig, fit, primary_metric, search_l2
@@ -28,10 +28,23 @@ DATASETS = {"multilabel": 0, "singlelabel": 1}  # kind -> generator seed (pretra
 _METRIC_LABELS = {"map": "macro mAP", "accuracy": "accuracy"}
 
 
-# Learning rates tried per probe, declared with each probe's registration (`lr_grid`); the best on
-# validation (first seed) is reported on test, and a pick at a grid edge is flagged in the table.
-DEFAULT_LR_GRID: dict[str, list[float]] = {name: list(PROBES.spec(name).lr_grid) for names in FAMILIES.values() for name in names}
-PROTOTYPE_PROBES = set(FAMILIES["prototype"])
+
+
+def registered_probes() -> list[str]:
+    """Every registered probe, family by family (the order of the demo's tables)."""
+    return [name for names in PROBES.families().values() for name in names]
+
+
+def registered_lr_grids() -> dict[str, list[float]]:
+    """probe -> the learning rates the demo tries, declared with each probe's registration (`lr_grid`).
+
+    The best rate on validation (first seed) is reported on test; a pick at a grid edge is flagged in the table.
+    """
+    return {name: list(PROBES.spec(name).lr_grid) for name in registered_probes()}
+
+
+def _family_of() -> dict[str, str]:
+    return {name: PROBES.spec(name).family for name in PROBES.names()}
 
 
 class DemoConfig(BaseModel):
@@ -53,7 +66,7 @@ class DemoConfig(BaseModel):
     clip_seconds: float = 6.0
     probes: list[str] = Field(default_factory=lambda: ["linear", "mhca", "protobin"])
     seeds: list[int] = Field(default_factory=lambda: [0])
-    lr_grid: dict[str, list[float]] = Field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_LR_GRID.items()})
+    lr_grid: dict[str, list[float]] = Field(default_factory=registered_lr_grids)
     epochs: int = 30
     weight_decay: float = 1e-4
     prototypes_per_class: int = 20
@@ -65,7 +78,7 @@ class DemoConfig(BaseModel):
     @classmethod
     def _known_probes(cls, probes: list[str]) -> list[str]:
         if probes == ["all"]:
-            return [name for family in FAMILIES.values() for name in family]
+            return registered_probes()
         for name in probes:
             PROBES.get(name)  # raises with the list of known probes
         return probes
@@ -93,13 +106,13 @@ class DemoConfig(BaseModel):
             "sizes": {"train": 400, "valid": 100, "test": 200},
             "epochs": 30,
             # one rate per probe: the middle of its grid, or the full demo's pick where known
-            "lr_grid": {**{name: [grid[len(grid) // 2]] for name, grid in DEFAULT_LR_GRID.items()},
+            "lr_grid": {**{name: [grid[len(grid) // 2]] for name, grid in registered_lr_grids().items()},
                         "linear": [1e-1], "mhca": [1e-2], "protobin": [1e-1]},
         }
         return cls(**{**base, **overrides})
 
     def grid(self, probe: str) -> list[float]:
-        return self.lr_grid.get(probe) or DEFAULT_LR_GRID.get(probe) or [1e-3, 1e-2, 1e-1]
+        return self.lr_grid.get(probe) or list(PROBES.spec(probe).lr_grid)
 
 
 def _say(message: str, console) -> None:
@@ -154,7 +167,7 @@ def _train_and_select(config: DemoConfig, kind: str, bank_dir: Path, out: Path, 
     bank = LoadedBank.load(bank_dir, device=config.device)
     variants = {
         probe: TrainConfig(
-            probe=probe, probe_args={"prototypes_per_class": config.prototypes_per_class} if probe in PROTOTYPE_PROBES else {},
+            probe=probe, probe_args={"prototypes_per_class": config.prototypes_per_class} if PROBES.spec(probe).family == "prototype" else {},
             epochs=config.epochs, weight_decay=config.weight_decay, device=config.device,
         )
         for probe in config.probes
@@ -202,7 +215,7 @@ def results_markdown(summary: dict) -> str:
 
     kinds = list(summary["datasets"])
     probes = list(summary["datasets"][kinds[0]]["probes"])
-    family_of = {name: family for family, names in FAMILIES.items() for name in names}
+    family_of = _family_of()
     rows = []
     for probe in probes:
         row = {"probe": probe, "family": family_of.get(probe, "-")}
@@ -231,6 +244,6 @@ def _figure(summary: dict, path: Path) -> None:
         errors = {label[k].replace(" (", "\n("): {p: c.get("test_sd", 0.0) for p, c in b["probes"].items()} for k, b in blocks.items()}
         grouped_bar_chart(values, path, title=title, ylabel="score", errors=errors)
         return
-    family_of = {name: family for family, names in FAMILIES.items() for name in names}
+    family_of = _family_of()
     panels = {label[k]: {p: (c["test"], c.get("test_sd", 0.0)) for p, c in b["probes"].items()} for k, b in blocks.items()}
     ranked_bar_chart(panels, path, title=title, groups=family_of)

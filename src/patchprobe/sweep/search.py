@@ -36,8 +36,8 @@ from .grid import WAIT_FOR_OTHER_WRITERS
 
 # Learning-rate ranges (log-uniform) per probe, declared where each probe is registered (`lr_range`):
 # a decade or more around the best rates measured on the demo data. Weight decay: the paper's range.
+# (`SweepConfig.lr_bounds` asks the registry, so probes registered later get theirs too.)
 LR_RANGES: dict[str, tuple[float, float]] = {name: PROBES.spec(name).lr_range for name in PROBES.names()}
-DEFAULT_LR_RANGE = (1e-4, 1.0)
 WEIGHT_DECAY_RANGE = (1e-5, 5e-4)
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 EDGE_FRACTION = 0.1  # of the log-range: a best value this close to a bound is flagged
@@ -55,7 +55,7 @@ class SweepConfig(BaseModel):
     epochs: int = 30
     batch_size: int = 128
     seeds: int = 3  # final retraining of the best setting
-    lr_range: tuple[float, float] | None = None  # default: LR_RANGES[probe]
+    lr_range: tuple[float, float] | None = None  # default: the probe's registered lr_range
     weight_decay_range: tuple[float, float] = WEIGHT_DECAY_RANGE
     prune: bool = True
     sampler_seed: int = 0
@@ -66,7 +66,7 @@ class SweepConfig(BaseModel):
     def lr_bounds(self) -> tuple[float, float]:
         if self.lr_range:
             return tuple(self.lr_range)  # type: ignore[return-value]
-        return PROBES.spec(self.probe).lr_range if self.probe in PROBES else DEFAULT_LR_RANGE
+        return PROBES.spec(self.probe).lr_range
 
     def n_startup(self) -> int:
         return self.trials // 2 if self.startup_trials is None else self.startup_trials
