@@ -303,3 +303,26 @@ def test_audio_stamps_follow_the_audio(tmp_path):
     (tmp_path / "shorter.parquet").replace(shard)
     after = create_dataset("as20k", data_dir=audioset)
     assert after.audio_stamp(after.clip_ids("test")[0]) != stamp
+
+
+def test_a_truncated_wav_row_is_reported_not_shortened(tmp_path):
+    """A hub row whose WAV bytes stop before the length its header declares is an AudioError at validation."""
+    from patchprobe.datasets import validate_dataset
+
+    root = hub_fixtures.esc50(tmp_path)
+    import datasets
+
+    shard = next((root / "data").glob("train-00000-*.parquet"))
+    table = datasets.Dataset.from_parquet(str(shard))
+
+    def cut(row, index):
+        if index == 0:
+            row["audio"] = {"bytes": row["audio"]["bytes"][: len(row["audio"]["bytes"]) // 2], "path": row["audio"]["path"]}
+        return row
+
+    table = table.cast_column("audio", datasets.Audio(decode=False)).map(cut, with_indices=True)
+    table.to_parquet(str(tmp_path / "cut.parquet"))
+    (tmp_path / "cut.parquet").replace(shard)
+    report = validate_dataset(create_dataset("esc50", data_dir=root))
+    problems = {item: detail for found in report.problems.values() for item, detail in found.items()}
+    assert list(problems) == ["1-1000-A-0.wav"] and "declares" in problems["1-1000-A-0.wav"]

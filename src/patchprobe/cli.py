@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 from pathlib import Path
 from typing import Callable, Optional
@@ -31,6 +32,13 @@ def _parse_pairs(items: list[str] | None, option: str) -> dict:
         except json.JSONDecodeError:
             parsed[key] = value
     return parsed
+
+
+def _positive_finite(value: float) -> float:
+    """Typer callback for rates: a finite number above 0 (typer has no open lower bound)."""
+    if not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value} is not in the range x>0 (a finite number above 0)")
+    return value
 
 
 def _split_list(text: str) -> list[str]:
@@ -169,11 +177,11 @@ def train(
     bank: Path = typer.Option(..., help="bank folder built by `patchprobe extract`"),
     probe: str = typer.Option(..., help="probe name (see `patchprobe probes`)"),
     out: Path = typer.Option(..., help="run folder for config.json, metrics.json and weights"),
-    epochs: int = typer.Option(30),
-    lr: float = typer.Option(1e-3, help="peak learning rate (AdamW, cosine schedule with warm-up)"),
+    epochs: int = typer.Option(30, min=1),
+    lr: float = typer.Option(1e-3, callback=_positive_finite, help="peak learning rate (AdamW, cosine schedule with warm-up)"),
     weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay (default 1e-4); with --solver lbfgs: the L2 strength (default: searched on valid)"),
     solver: str = typer.Option("adamw", help="adamw (the paper's 30-epoch protocol) or lbfgs (linear, linearc, freqpool solved to convergence)"),
-    batch_size: int = typer.Option(128),
+    batch_size: int = typer.Option(128, min=1),
     loss: str = typer.Option("auto", help="auto (ASL for multi-label, CE for multi-class), asl, bce or ce"),
     seed: int = typer.Option(0),
     prototypes_per_class: Optional[int] = typer.Option(None, help="J for protobin (default 20)"),

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ..audio.decode import prepare_waveform
+from ..audio.decode import check_declared_length, prepare_waveform
 from ..errors import AudioError, DatasetError
 from .base import SPLITS, Clip, ListedDataset, file_stamp
 
@@ -225,8 +225,14 @@ def open_entry(entry, clip_id: str, root: Path | None = None):
 
 
 def entry_seconds(entry, clip_id: str, root: Path | None = None) -> float:
-    """Duration of an audio entry from its header (no decoding)."""
-    info = sf.info(open_entry(entry, clip_id, root))
+    """Duration of an audio entry from its header (no decoding); a WAV/AIFF whose data is shorter than its
+    header declares (a truncated file or row) is an AudioError."""
+    handle = open_entry(entry, clip_id, root)
+    try:
+        info = sf.info(handle)
+    except Exception as exc:  # libsndfile raises several types; all mean "cannot read the header"
+        raise AudioError(clip_id, f"cannot read the audio header ({type(exc).__name__}: {exc})") from exc
+    check_declared_length(handle, info.frames, info.samplerate, name=clip_id)
     return info.frames / info.samplerate
 
 

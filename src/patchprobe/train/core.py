@@ -27,9 +27,9 @@ class TrainConfig(BaseModel):
 
     probe: str = "protobin"
     probe_args: dict = Field(default_factory=dict)
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 1e-3
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     loss: Literal["auto", "asl", "bce", "ce"] = "auto"
