@@ -55,7 +55,7 @@ def _formula(name):
         "mhca": D + 4 * D + 4 * (D * D + D) + 8 * D * D + 5 * D + (D + 1) * C,
         "ep": 32 * D + D * D + (D + 1) * C,
         "simpool": 2 * D * D + 2 * D + (D + 1) * C,
-        "abmilp": 2 * (128 * D + 128) + 128 + (D + 1) * C,
+        "abmilp": D * D + D + D + 1 + (D + 1) * C,  # efficient probing's Linear(D, D)-tanh-Linear(D, 1) scorer
         "proto": C * J * D + C * J + C,
         "protobin": m * D + (m + 1) * C,
         "protofloat": m * D + (m + 1) * C,
@@ -70,7 +70,20 @@ def test_parameter_counts_follow_the_documented_formulas(name):
 def test_parameter_counts_without_a_global_vector():
     assert make("linear", global_dim=0).num_parameters() == (D + 1) * C
     assert make("linearc", global_dim=0).num_parameters() == (D + 1) * C
-    assert make("abmilp", gated=False).num_parameters() == 128 * D + 128 + 128 + (D + 1) * C
+    assert make("abmilp", gated=True).num_parameters() == 2 * (128 * D + 128) + 128 + (D + 1) * C  # Ilse et al.'s gated
+
+
+def test_mhca_is_initialised_as_vjepa_attentive_pooler():
+    """facebookresearch/jepa src/models/attentive_pooler.py: trunc-normal(0.02) Linear weights, zero biases,
+    the block's output projections scaled by 1/sqrt(2 * layer_id), layer_id = 1; the classifier keeps its default."""
+    torch.manual_seed(0)
+    probe = create_probe("mhca", 768, 10, 0)
+    for module in (probe.q, probe.kv, probe.mlp[0]):
+        assert abs(module.weight.std().item() - 0.02) < 0.002
+        assert torch.count_nonzero(module.bias) == 0
+    for module in (probe.proj, probe.mlp[2]):
+        assert abs(module.weight.std().item() - 0.02 / 2**0.5) < 0.0015
+    assert probe.head.weight.abs().max() > 0.03  # PyTorch's default uniform(+-1/sqrt(768)) = +-0.036
 
 
 def test_protobin_gradient_reaches_real_valued_prototypes():

@@ -6,6 +6,8 @@ vector (averaged over heads / queries), which `patchprobe analyze` draws over th
 
 from __future__ import annotations
 
+import math
+
 from abc import ABC, abstractmethod
 
 import torch
@@ -40,7 +42,8 @@ class MHCAProbe(AttentiveProbe):
         k, v = W_k LN1(z), W_v LN1(z);  q1 = q0 + W_o MHA(W_q q0, k, v);  q2 = q1 + MLP(LN2(q1));
         logits = W q2 + b
 
-    q0 is one learned query (trunc-normal, std 0.02); MLP has hidden width 4D. `heads` defaults to
+    q0 is one learned query (trunc-normal, std 0.02); MLP has hidden width 4D. Initialised as V-JEPA's
+    pooler: Linear weights trunc-normal(0.02), zero biases, W_o and the MLP's output layer / sqrt(2). `heads` defaults to
     D // 64 (at least 1). Parameters: D + 4 D (LN) + 4 (D^2 + D) (q, k, v, o) + 8 D^2 + 5 D (MLP) + (D + 1) C.
     """
 
@@ -62,6 +65,15 @@ class MHCAProbe(AttentiveProbe):
         self.norm2 = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        # V-JEPA's AttentivePooler: every Linear trunc-normal(0.02) with zero bias, LayerNorms (1, 0), and the
+        # block's output projections (attention proj, MLP fc2) scaled by 1 / sqrt(2 x layer) with layer = 1.
+        # The classifier is created after that pass there, so it keeps PyTorch's default init.
+        for module in (self.q, self.kv, self.proj, self.mlp[0], self.mlp[2]):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+        with torch.no_grad():
+            for module in (self.proj, self.mlp[2]):
+                module.weight.div_(math.sqrt(2.0))
         self.head = nn.Linear(dim, num_classes)
 
     def attention(self, tokens, mask):
@@ -144,26 +156,29 @@ class SimPoolProbe(AttentiveProbe):
         return self.head(self.attention(tokens, mask)[0])
 
 
-@PROBES.register("abmilp", "attention-based multiple-instance pooling (gated, Ilse et al. 2018)",
+@PROBES.register("abmilp", "attention-based MIL pooling (efficient probing's scorer: Linear-tanh-Linear; gated=true: Ilse et al.)",
                  family="attentive", lr_range=(3e-3, 1.0), lr_grid=[1e-2, 3e-2, 1e-1, 3e-1])
 class ABMILProbe(AttentiveProbe):
-    """Attention-based MIL pooling (Ilse et al., 2018):
+    """Attention-based MIL pooling, as the efficient-probing code (`abmilp.py`, depth 2) defines it:
 
-        e_n = w^T [tanh(V z_n) * sigmoid(U z_n)]   (gated; `gated=False`: w^T tanh(V z_n))
-        a = softmax_n(e);  h = sum_n a_n z_n;  y = W h + b
+        e_n = w^T tanh(V z_n + c) + d                 V: D x D (L = D hidden units), w: D
+        a = softmax_n(e);  h = sum_n a_n z_n;  y = W BN(h) + b      BN without affine (the probe head)
 
-    V, U: L x D with bias (L = `hidden`, 128 as in the original), w: L without bias.
-    Parameters: (gated ? 2 : 1) (L D + L) + L + (D + 1) C.
+    `gated=True` is Ilse et al.'s gated variant instead: e_n = w^T [tanh(V z_n) * sigmoid(U z_n)] with
+    V, U: L x D (L = `hidden`, default 128) and w without bias.
+    Parameters: L D + L + L + 1 (reference; L = D) or 2 (L D + L) + L (gated), plus (D + 1) C.
     """
 
     def __init__(
         self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0,
-        hidden: int = 128, gated: bool = True,
+        hidden: int | None = None, gated: bool = False,
     ) -> None:
         super().__init__(token_dim, num_classes, global_dim, freq_tokens)
+        hidden = hidden or (128 if gated else token_dim)
         self.attention_v = nn.Linear(token_dim, hidden)
         self.attention_u = nn.Linear(token_dim, hidden) if gated else None
-        self.attention_w = nn.Linear(hidden, 1, bias=False)
+        self.attention_w = nn.Linear(hidden, 1, bias=not gated)
+        self.norm = nn.BatchNorm1d(token_dim, affine=False, eps=1e-6)
         self.head = nn.Linear(token_dim, num_classes)
 
     def attention(self, tokens, mask):
@@ -175,4 +190,4 @@ class ABMILProbe(AttentiveProbe):
         return (weights.unsqueeze(1) @ z).squeeze(1), weights.unsqueeze(1)
 
     def forward(self, tokens, mask, global_vector=None):
-        return self.head(self.attention(tokens, mask)[0])
+        return self.head(self.norm(self.attention(tokens, mask)[0]))
