@@ -65,11 +65,13 @@ ENCODER_GEOMETRY: dict[str, EncoderGeometry] = {
     "tiny-mae": EncoderGeometry(None, 6.3, 8, 192, {"cpu": 47.0, "cuda": 12000.0, "cuda-fp16": 40000.0}),
     "toy-vit": EncoderGeometry(None, 6.3, 8, 192, {"cpu": 47.0, "cuda": 12000.0, "cuda-fp16": 40000.0}),
 }
-# Peak FLOP/s and memory bandwidth assumed per device, and the fraction of peak training reaches.
+# Peak FLOP/s (float32, what probes train in) and memory bandwidth assumed per device, and the fraction
+# of peak probe training reaches (assumptions, not measurements: `benchmarks/train.py` measures them).
 DEVICES = {
     "cpu": {"flops": 380e9, "bandwidth": 17e9, "efficiency": 0.5, "label": "2 CPU cores (fp32 matmul 380 GFLOP/s)"},
     "cuda": {"flops": 60e12, "bandwidth": 3.0e12, "efficiency": 0.4, "label": "one H100 (fp32/tf32)"},
-    "cuda-fp16": {"flops": 400e12, "bandwidth": 3.0e12, "efficiency": 0.3, "label": "one H100 (fp16 extraction)"},
+    # `extract --half`: the encoder in float16; probes still train in float32
+    "cuda-fp16": {"flops": 60e12, "bandwidth": 3.0e12, "efficiency": 0.4, "label": "one H100 (float16 extraction)"},
 }
 
 
