@@ -172,7 +172,18 @@ def synthesize_clip(config: SyntheticConfig, rng: np.random.Generator) -> tuple[
     Returns:
         (waveform (clip_seconds * sample_rate,) float32 peak-normalised to 0.9, labels)
     """
+    waveform, labels, _ = synthesize_clip_events(config, rng)
+    return waveform, labels
+
+
+def synthesize_clip_events(config: SyntheticConfig, rng: np.random.Generator) -> tuple[np.ndarray, list[str], list[tuple[str, float, float]]]:
+    """`synthesize_clip` plus where the generator placed each event (the same draws, so the same clip).
+
+    Returns:
+        (waveform, labels, events): events are (class name, onset s, offset s), offsets cut at the clip's end.
+    """
     sr = config.sample_rate
+    events: list[tuple[str, float, float]] = []
     n = int(round(config.clip_seconds * sr))
     clip = _background(rng, n, config) * 0.1
     names = list(config.classes)
@@ -185,6 +196,7 @@ def synthesize_clip(config: SyntheticConfig, rng: np.random.Generator) -> tuple[
                 onset = int(rng.integers(0, max(n - length, 1)))
                 event = EVENT_CLASSES[names[index]](rng, length, sr) * _envelope(length, sr)
                 _place(clip, event * 0.1, onset, rng.uniform(*config.snr_db))
+                events.append((names[index], onset / sr, min(onset + length, n) / sr))
     else:
         chosen = [int(rng.integers(len(names)))]
         span = int(rng.uniform(*config.fill_fraction) * n)
@@ -196,9 +208,10 @@ def synthesize_clip(config: SyntheticConfig, rng: np.random.Generator) -> tuple[
                 break
             event = EVENT_CLASSES[names[chosen[0]]](rng, length, sr) * _envelope(length, sr)
             _place(clip, event * 0.1, cursor, rng.uniform(*config.snr_db))
+            events.append((names[chosen[0]], cursor / sr, (cursor + length) / sr))
             cursor += length + int(rng.uniform(0.0, 0.15) * sr)
     clip = clip / (np.abs(clip).max() + 1e-12) * 0.9
-    return clip.astype(np.float32), [names[i] for i in chosen]
+    return clip.astype(np.float32), [names[i] for i in chosen], events
 
 
 def clip_rng(seed: int, split: str, index: int) -> np.random.Generator:
