@@ -2,7 +2,7 @@
 
 Every import counts, function-level ones included (they hide cycles rather than remove them). The
 layers, low to high: the leaf helpers, then audio -> datasets -> encoders -> bank -> probes -> train ->
-sweep -> report -> export -> demo/bench -> cli, and the package's top level (the public API) above all.
+sweep -> report -> predict -> export -> demo/bench -> cli, and the package's top level (the public API) above all.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ LAYERS = [
     {"train"},
     {"sweep"},
     {"report"},
+    {"predict"},
     {"export"},
     {"demo", "bench", "bench_plan"},
     {"cli"},

@@ -504,6 +504,58 @@ def probes(
 
 
 @command()
+def predict(
+    run: Path = typer.Argument(..., help="run folder written by `patchprobe train`"),
+    inputs: list[Path] = typer.Argument(..., help="audio files, folders (searched recursively) or CSV manifests (`path` column)"),
+    out: Path = typer.Option(..., help="output file: .csv, .json or .txt (Raven selection table, as BirdNET writes)"),
+    format: Optional[str] = typer.Option(None, "--format", help="csv, json or raven (default: from --out's suffix)"),
+    window: Optional[float] = typer.Option(None, help="window length in seconds (default: the encoder's natural input length)"),
+    hop: Optional[float] = typer.Option(None, help="hop between windows in seconds (default: the window; smaller = overlap)"),
+    batch_size: int = typer.Option(16, help="windows per encoder call"),
+    device: str = typer.Option("cpu", help="torch device for encoder and probe (cpu, cuda, cuda:N)"),
+    timeline: Optional[Path] = typer.Option(None, help="per-class activity over time (prototype heads): .csv or .json rows file, time_s, class, activity"),
+    plot: Optional[Path] = typer.Option(None, help="PNG: spectrogram and activity curves of one file (prototype heads)"),
+    plot_file: Optional[str] = typer.Option(None, help="which file --plot draws (default: the first)"),
+    encoder_arg: Optional[list[str]] = typer.Option(None, help="encoder argument KEY=VALUE the bank was extracted with (e.g. checkpoint=PATH)"),
+    fresh: bool = typer.Option(False, "--fresh", help="ignore the partial results beside --out (OUT.partial.jsonl) and predict everything again"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Label new recordings with a trained run: scores per window and per file, decisions, optional activity curves.
+
+    Resumable: finished files are appended to OUT.partial.jsonl after every batch; a rerun skips them
+    (same path, size and modification time) and predicts only new or changed files.
+    """
+    from .encoders.base import check_device
+    from .predict import Predictor, collect_audio, output_format, plot_timeline, write_predictions, write_timeline
+
+    check_device(device)
+    fmt = output_format(out, format)
+    paths = collect_audio(inputs)
+    predictor = Predictor.from_run(run, device=device, window_s=window, hop_s=hop, batch_size=batch_size,
+                                   encoder_args=_parse_pairs(encoder_arg, "--encoder-arg"))
+    sidecar = out.with_name(out.name + ".partial.jsonl")
+    if fresh:
+        sidecar.unlink(missing_ok=True)
+    wants_curves = bool(timeline or plot)
+    if wants_curves and not predictor.has_timeline:
+        raise ValueError(f"--timeline/--plot: activity curves come from prototype heads (proto, protobin, protofloat); "
+                         f"{run} holds {predictor.probe.name!r}")
+    results = predictor.predict_files(paths, timeline=wants_curves or None, progress=not quiet, resume=sidecar,
+                                      log=lambda text: console.print(f"[yellow]{escape(text)}[/yellow]", soft_wrap=True))
+    write_predictions(results, out, fmt)
+    windows = sum(len(p.begin_s) for p in results.predictions)
+    console.print(f"{len(results.predictions)} file(s) ({results.reused} reused from {sidecar.name}), {windows} window(s) of "
+                  f"{predictor.window_s:g} s, hop {predictor.hop_s:g} s{predictor.window_note}; decisions: {results.decisions.source}")
+    if results.failed:
+        console.print(f"[yellow]{len(results.failed)} file(s) could not be read and were left out (rerun to retry)[/yellow]")
+    console.print(f"wrote {out} ({fmt})")
+    if timeline:
+        console.print(f"wrote {write_timeline(results, timeline)}")
+    if plot:
+        console.print(f"wrote {plot_timeline(results, plot, source=plot_file)}")
+
+
+@command()
 def export(
     run: Path = typer.Argument(..., help="run folder written by `patchprobe train`"),
     format: str = typer.Option("packed", "--format", help="packed (protobin: 1 bit per prototype entry) or onnx (any probe)"),
