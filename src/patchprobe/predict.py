@@ -138,8 +138,8 @@ class Decisions:
         """The run's decision thresholds (`Run.thresholds`, fitted on valid at training time), or a stated fallback
         when the run holds none (written by an older patchprobe, or diverged)."""
         multilabel = run.bank.multilabel
-        try:
-            saved = run.thresholds
+        try:  # Run.thresholds arrived with per-class metrics; runs (and versions) without it fall back
+            saved = getattr(run, "thresholds", None)
         except RunError:
             saved = None
         if saved is not None and saved.rule == "argmax":
