@@ -271,6 +271,55 @@ def plot(
 
 
 @command()
+def report(
+    inputs: list[Path] = typer.Argument(..., help="results table (.parquet/.csv), grid file (.yaml), sweep, run or demo folder; several are merged"),
+    out: Path = typer.Option(..., help="output folder: index.html, tables (md/tex/csv), figures (PNG + SVG), report.json"),
+    split: str = typer.Option("test", help="split the tables and statistics use"),
+    metric: Optional[str] = typer.Option(None, help="one metric for every dataset (default: map where reported, else accuracy)"),
+    pair: Optional[list[str]] = typer.Option(None, help="A,B: probes compared by re-ranking and paired bootstrap (repeatable; default linear,protobin)"),
+    resamples: int = typer.Option(1000, min=10, help="bootstrap resamples over test clips"),
+    seed: int = typer.Option(0, help="bootstrap generator seed"),
+    title: str = typer.Option("patchprobe report", help="page title"),
+) -> None:
+    """The paper's tables and figures from any results, with their statistics, as one self-contained HTML page."""
+    from .report import ReportConfig, read_results, write_report
+
+    pairs = [tuple(_split_list(item)) for item in pair or ["linear,protobin"]]
+    if any(len(p) != 2 for p in pairs):
+        raise typer.BadParameter("give two probe names: --pair linear,protobin", param_hint="--pair")
+    config = ReportConfig(split=split, metric=metric, pairs=pairs, resamples=resamples, seed=seed, title=title)
+    summary = write_report(read_results(inputs, extra_readers=[_grid_reader()]), out, config)
+    console.print(f"{len(summary['encoders'])} encoder(s), {len(summary['datasets'])} dataset(s), {len(summary['probes'])} probe(s): "
+                  f"{summary['cells']} cells, {summary['runs']} runs")
+    for note in summary["notes"]:
+        console.print(f"note: {escape(note)}")
+    console.print(f"wrote {out / 'index.html'} (open it in a browser; works offline), tables.md/.tex/.csv and "
+                  f"{sum(len(f['files']) for f in summary['figures'].values())} figure files")
+
+
+def _grid_reader():
+    """Report input: a grid file, read through the bench (which the report layer may not import): its results
+    table, collected afresh, with the run folder of every row so that per-clip scores can be read."""
+    from .bench import Grid, Job, collect_results
+    from .report import Reader
+
+    def read(path: Path):
+        import pandas as pd
+
+        grid = Grid(path)
+        table = collect_results(grid)
+        if table.empty:
+            return table, [f"{path}: no finished search yet"]
+        cell = [name if pd.isna(draw) else f"{name}-draw{int(draw)}" for name, draw in zip(table["dataset"], table["draw"])]
+        table["run"] = [str(grid.sweep_dir(Job(kind="sweep", encoder=e, dataset=c, probe=p)) / "final" / f"seed={s}")
+                        for e, c, p, s in zip(table["encoder"], cell, table["probe"], table["seed"])]
+        table["probe_name"] = table["probe"]
+        return table, []
+
+    return Reader("grid file", lambda path: path.is_file() and path.suffix in (".yaml", ".yml"), read)
+
+
+@command()
 def sweep(
     bank: Path = typer.Option(..., help="bank folder (train and valid drive the search, test the final runs)"),
     probe: str = typer.Option(..., help="probe name (see `patchprobe probes`)"),
