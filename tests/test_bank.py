@@ -102,3 +102,22 @@ def test_resume_after_killed_extraction_gives_same_contents(tmp_path):
         for ours, theirs in zip(resumed.clip(i), reference.clip(i)):
             np.testing.assert_array_equal(ours, theirs)
     np.testing.assert_array_equal(resumed.labels, reference.labels)
+
+
+def test_bank_is_complete_only_with_every_requested_split_and_clip(tiny_dataset, tmp_path):
+    data = ManifestDataset(tiny_dataset)
+    root = tmp_path / "bank"
+    header = {"encoder": "toy-vit", "encoder_config_hash": small_encoder().config_hash(), "dataset": data.name, "classes": data.classes}
+    # An extraction of all three splits that stopped after the first: two folders are absent, not "complete".
+    Bank.create_or_check(root, header, ["train", "valid", "test"])
+    extract_bank(data, small_encoder(), root, splits=["train"], progress=False)
+    bank = Bank(root)
+    assert bank.expected_splits == ["train", "valid", "test"] and bank.splits == ["train"] and not bank.is_complete()
+    assert "not extracted yet" in bank.describe()["problems"]["valid"][0]
+    extract_bank(data, small_encoder(), root, progress=False)
+    assert Bank(root).is_complete()
+    with pytest.raises(BankError, match="bank.json has encoder_config_hash="):
+        Bank.create_or_check(root, {**header, "encoder_config_hash": "other"}, ["train"])
+    meta = root / "valid" / "meta.json"
+    meta.write_text(meta.read_text().replace('"complete": true', '"complete": false'))
+    assert not Bank(root).is_complete()

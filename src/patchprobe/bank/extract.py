@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from .. import __version__
+from .._version import __version__
 from .._progress import ProgressBar
 from ..datasets import AudioDataset
 from ..encoders import Encoder

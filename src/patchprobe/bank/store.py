@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ValidationError
 
-from .. import __version__
+from .._version import __version__
 from .._io import read_json, write_json, write_npy
 from ..errors import BankError
 
@@ -419,7 +419,8 @@ class SplitWriter:
         if duplicated:
             raise BankError(f"{self.dir}: clips already in the bank: {sorted(duplicated)[:5]}")
         stem = _stem(self.dir, self.next_index)
-        arrays = {"tokens": np.concatenate(tokens).astype(self.meta.dtype), "mask": np.concatenate(masks).astype(bool)}
+        with np.errstate(over="ignore"):  # an overflow to inf is caught just below, with a better message than numpy's
+            arrays = {"tokens": np.concatenate(tokens).astype(self.meta.dtype), "mask": np.concatenate(masks).astype(bool)}
         if globals_ is not None and self.meta.global_dim:
             arrays["global"] = globals_.astype(np.float32)
         for role, array in arrays.items():
@@ -582,42 +583,85 @@ class LoadedSplit:
     """A split held in RAM or on a GPU, serving padded batches.
 
     tokens are stored padded to the longest clip: (N, T_max, F, D); for equal-length clips (the
-    common case) no space is wasted.
+    common case) no space is wasted. Pooled vectors of the global-vector heads (`pooled`) are
+    computed once per loaded split and kept with it.
     """
 
     def __init__(self, tokens, mask, globals_, labels, lengths, meta: SplitMeta) -> None:
         self.tokens, self.mask, self.globals, self.labels, self.lengths, self.meta = tokens, mask, globals_, labels, lengths, meta
+        self._pooled: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_split(cls, split: BankSplit, device="cpu", dtype=None) -> "LoadedSplit":
-        count, t_max = len(split), int(split.lengths.max()) if len(split) else 0
-        freq, dim = split.meta.freq_dim or 1, split.meta.token_dim
-        tokens = np.zeros((count, t_max, freq, dim), dtype=split.meta.dtype)
-        mask = np.zeros((count, t_max, freq), dtype=bool)
-        globals_ = np.zeros((count, split.meta.global_dim), dtype=np.float32) if split.meta.global_dim else None
-        for i in range(count):
-            t, m, g = split.clip(i)
-            tokens[i, : len(t)], mask[i, : len(m)] = t, m
-            if globals_ is not None:
-                globals_[i] = g
-        to = lambda a, dt=None: torch.from_numpy(a).to(device=device, dtype=dt)  # noqa: E731
+        """Read every chunk of `split` whole into preallocated tensors (see `read_split_arrays`) on `device`."""
+        device = torch.device(device)
+        tokens, mask, globals_ = read_split_arrays(split, pin=device.type == "cuda")
+        to = lambda t, dt=None: t.to(device=device, dtype=dt, non_blocking=True)  # noqa: E731
         return cls(
             tokens=to(tokens, dtype),
             mask=to(mask),
             globals_=None if globals_ is None else to(globals_),
-            labels=to(split.labels.astype(np.float32)),
-            lengths=to(split.lengths),
+            labels=to(torch.from_numpy(split.labels.astype(np.float32))),
+            lengths=to(torch.from_numpy(split.lengths)),
             meta=split.meta,
         )
+
+    def pooled(self, kind: str, batch_size: int = 256) -> torch.Tensor:
+        """The pooled input of the global-vector heads for every clip, computed once and kept (float32).
+
+        kind: "global" (G,) the encoder's global vector; "mean" (D,) the mean of valid tokens;
+        "freqmean" (F D,) the mean over valid time steps per frequency band, bands concatenated.
+        Returns (N, H) on the split's device, equal (to float rounding) to pooling each padded batch
+        as `probes.linear` does. The cache belongs to this loaded split: a changed bank is a new
+        load and computes its own.
+        """
+        if kind not in self._pooled:
+            self._pooled[kind] = self._compute_pooled(kind, batch_size)
+        return self._pooled[kind]
+
+    def _compute_pooled(self, kind: str, batch_size: int) -> torch.Tensor:
+        if kind == "global":
+            if self.globals is None:
+                raise ValueError(f"{self.meta.split} split of {self.meta.encoder}: the bank holds no global vector (global_dim 0)")
+            return self.globals.float()
+        if kind not in ("mean", "freqmean"):
+            raise ValueError(f"unknown pooled input {kind!r}: expected 'global', 'mean' or 'freqmean'")
+        parts = []
+        for start in range(0, len(self), batch_size):
+            tokens = self.tokens[start : start + batch_size].float()
+            weights = self.mask[start : start + batch_size].to(tokens.dtype).unsqueeze(-1)  # (b, T, F, 1)
+            if kind == "mean":
+                parts.append((tokens * weights).sum(dim=(1, 2)) / weights.sum(dim=(1, 2)).clamp(min=1.0))
+            else:
+                per_band = (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (b, F, D)
+                parts.append(per_band.reshape(len(per_band), -1))
+        if not parts:
+            width = self.tokens.shape[3] * (1 if kind == "mean" else self.tokens.shape[2])
+            return torch.zeros((0, width), device=self.tokens.device)
+        return torch.cat(parts)
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
-    def batch(self, index: torch.Tensor, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor | None]:
+    def batch(self, index: torch.Tensor, dtype: torch.dtype = torch.float32, pooled: tuple[str, ...] | None = None
+              ) -> dict[str, torch.Tensor | None]:
         """A padded batch cut to its own longest clip.
+
+        Args:
+            pooled: when given (e.g. ("mean",)), the batch carries those pooled inputs (`pooled`) under
+                "pooled" {kind: (B, H)} instead of tokens and mask (then None): what heads that read only
+                pooled vectors need, without reading and casting the token maps.
 
         Returns: {"tokens": (B, T, F, D), "mask": (B, T, F), "global": (B, G) or None, "labels": (B, C)}
         """
+        if pooled is not None:
+            return {
+                "tokens": None,
+                "mask": None,
+                "global": None if self.globals is None else self.globals[index],
+                "labels": self.labels[index],
+                "pooled": {kind: self.pooled(kind)[index] for kind in pooled},
+            }
         longest = int(self.lengths[index].max())
         return {
             "tokens": self.tokens[index, :longest].to(dtype),
@@ -625,6 +669,93 @@ class LoadedSplit:
             "global": None if self.globals is None else self.globals[index],
             "labels": self.labels[index],
         }
+
+
+def _npy_data_offset(handle, path: Path, shape: tuple, dtype: np.dtype) -> int:
+    """Byte offset of the array data in an open .npy file, after checking its header matches `shape`/`dtype`."""
+    version = np.lib.format.read_magic(handle)
+    header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    stored_shape, fortran_order, stored_dtype = header(handle)
+    if tuple(stored_shape) != tuple(shape) or stored_dtype != dtype or (fortran_order and len(shape) > 1):
+        raise BankError(f"{path}: holds {stored_dtype} {tuple(stored_shape)} (fortran_order={fortran_order}), its commit record "
+                        f"says {dtype} {tuple(shape)}; {RERUN}")
+    return handle.tell()
+
+
+def _read_npy_into(path: Path, destination: np.ndarray) -> None:
+    """Fill the C-contiguous `destination` with the data of the .npy file at `path` (same shape and dtype), in
+    large reads straight into its memory: no intermediate copy, no per-row Python work."""
+    with open(path, "rb", buffering=0) as handle:
+        handle.seek(_npy_data_offset(handle, path, destination.shape, destination.dtype))
+        view = memoryview(destination.reshape(-1).view(np.uint8))
+        filled = 0
+        while filled < len(view):
+            count = handle.readinto(view[filled : filled + (256 << 20)])
+            if not count:
+                raise BankError(f"{path}: ended after {filled} of {len(view)} data bytes (truncated); {RERUN}")
+            filled += count
+
+
+def _empty(shape: tuple, dtype: np.dtype, pin: bool, zero: bool) -> torch.Tensor:
+    tensor = torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype, pin_memory=pin)
+    return tensor.zero_() if zero else tensor
+
+
+def read_split_arrays(split: BankSplit, pin: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Every clip of a split in preallocated CPU tensors, padded to the longest clip, in `split.clip_ids` order.
+
+    Each chunk file is read whole: straight into its rows of the destination when its clips are the
+    next rows in order and all as long as the longest (what extraction writes), else into one buffer
+    scattered to its rows. Speed: that of reading the files (see benchmarks/train.py).
+
+    Args:
+        pin: allocate page-locked memory (fast, asynchronous copies to a GPU).
+
+    Returns:
+        tokens (N, T_max, F, D) in the stored dtype, mask (N, T_max, F) bool, globals (N, G) float32 or None.
+    """
+    count = len(split)
+    t_max = int(split.lengths.max()) if count else 0
+    freq, dim = split.meta.freq_dim or 1, split.meta.token_dim
+    ragged = bool(count) and bool((split.lengths != t_max).any())
+    token_dtype = np.dtype(split.meta.dtype)
+    tokens = _empty((count, t_max, freq, dim), token_dtype, pin, zero=ragged)
+    mask = _empty((count, t_max, freq), np.dtype(bool), pin, zero=ragged)
+    globals_ = _empty((count, split.meta.global_dim), np.dtype(np.float32), pin, zero=False) if split.meta.global_dim else None
+    token_rows, mask_rows = tokens.numpy(), mask.numpy()
+    global_rows = None if globals_ is None else globals_.numpy()
+    row_of = {clip_id: row for row, clip_id in enumerate(split.clip_ids)}
+    for chunk in split.chunks:
+        # -1: a committed clip the split does not list (read, then left out)
+        rows = np.array([row_of.get(clip_id, -1) for clip_id in chunk.clip_ids], dtype=np.int64)
+        lengths = np.asarray(chunk.lengths, dtype=np.int64)
+        stem = _stem(split.dir, chunk.index)
+        in_order = bool(len(rows)) and rows[0] >= 0 and bool((rows == np.arange(rows[0], rows[0] + len(rows))).all())
+        if in_order and bool((lengths == t_max).all()):
+            first, last = int(rows[0]), int(rows[0]) + len(rows)
+            # (n, T, F, D) rows are the file's (n T, F, D) array: same bytes, read in place
+            _read_npy_into(stem.with_suffix(".tokens.npy"), token_rows[first:last].reshape(-1, freq, dim))
+            _read_npy_into(stem.with_suffix(".mask.npy"), mask_rows[first:last].reshape(-1, freq))
+        else:
+            total = int(lengths.sum())
+            chunk_tokens = np.empty((total, freq, dim), token_dtype)
+            chunk_mask = np.empty((total, freq), bool)
+            _read_npy_into(stem.with_suffix(".tokens.npy"), chunk_tokens)
+            _read_npy_into(stem.with_suffix(".mask.npy"), chunk_mask)
+            listed = rows >= 0
+            if bool((lengths == t_max).all()):
+                token_rows[rows[listed]] = chunk_tokens.reshape(len(rows), t_max, freq, dim)[listed]
+                mask_rows[rows[listed]] = chunk_mask.reshape(len(rows), t_max, freq)[listed]
+            else:  # ragged clips: one slice copy each, from memory
+                starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+                for row, start, length in zip(rows[listed], starts[listed], lengths[listed]):
+                    token_rows[row, :length] = chunk_tokens[start : start + length]
+                    mask_rows[row, :length] = chunk_mask[start : start + length]
+        if global_rows is not None:
+            chunk_globals = np.empty((len(rows), split.meta.global_dim), np.float32)
+            _read_npy_into(stem.with_suffix(".global.npy"), chunk_globals)
+            global_rows[rows[rows >= 0]] = chunk_globals[rows >= 0]
+    return tokens, mask, globals_
 
 
 # bank.json keys that must match for an extraction to add to (or resume) an existing bank.
