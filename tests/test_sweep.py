@@ -1,5 +1,6 @@
-"""The Optuna search: a small sweep on SQLite, two concurrent workers on a real PostgreSQL 15 cluster, and a
-worker killed mid-sweep that loses no finished trial."""
+"""The Optuna search: a small sweep on SQLite (extended, refused, its protocol saved), two concurrent workers on a
+real PostgreSQL 15 cluster, and a worker killed mid-sweep that loses no finished trial. Faults (killed workers,
+database outages, duplicates) are in test_sweep_faults.py."""
 
 import json
 import os
@@ -22,6 +23,7 @@ from patchprobe.datasets import ManifestDataset, SyntheticConfig, write_syntheti
 from patchprobe.encoders import create_encoder
 from patchprobe.sweep import SweepConfig, edge_flags, run_sweep
 from patchprobe.sweep.search import LIVE, open_study
+from patchprobe.train import Run
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +53,32 @@ def test_sqlite_sweep_runs_the_budget_then_three_seeds_and_reruns_idempotently(b
     again = run_sweep(bank, config, tmp_path / "sweep", progress=False)  # nothing left to do
     assert len(_live(study)) == 6 and again["best"] == summary["best"] and again["test"] == summary["test"]
     assert (tmp_path / "sweep" / "final" / "seed=0" / "metrics.json").stat().st_mtime_ns == stamp
+    # the protocol is saved with the study, its folder and its summary; seed s also sets the data order
+    pruner = {"pruner": "successive_halving", "reduction_factor": 4, "min_resource": "auto", "min_early_stopping_rate": 0,
+              "report_every_epochs": 1}
+    saved = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert study.user_attrs["pruner"] == saved["pruner"] == summary["pruner"] == pruner
+    assert study.user_attrs["sweep_config"]["startup_trials"] == 3 and study.user_attrs["sweep_config"]["report_every"] == 1
+    assert [Run(tmp_path / "sweep" / "final" / f"seed={s}").config.data_seed for s in range(3)] == [0, 1, 2]
     with pytest.raises(ValueError, match="other settings"):
-        run_sweep(bank, SweepConfig(probe="linear", trials=9, epochs=4), tmp_path / "sweep", progress=False)
+        run_sweep(bank, SweepConfig(probe="linear", trials=6, epochs=5), tmp_path / "sweep", progress=False)
+    assert json.loads((tmp_path / "sweep" / "sweep.json").read_text()) == saved  # the refused worker left it alone
+
+
+def test_a_finished_study_is_extended_keeping_its_trials(bank, tmp_path):
+    config = SweepConfig(probe="linear", trials=4, epochs=2)
+    run_sweep(bank, config, tmp_path / "sweep", progress=False)
+    study = optuna.load_study(study_name="bank/linear", storage=f"sqlite:///{tmp_path / 'sweep' / 'optuna.db'}")
+    before = {t.number: (t.state, t.value, t.params) for t in _live(study)}
+    summary = run_sweep(bank, config.model_copy(update={"trials": 6}), tmp_path / "sweep", progress=False)
+    after = {t.number: (t.state, t.value, t.params) for t in _live(study)}
+    assert len(after) == 6 and all(after[n] == before[n] for n in before)  # the 4 finished trials untouched
+    assert summary["trials"]["complete"] + summary["trials"]["pruned"] == 6
+    assert study.user_attrs["sweep_config"]["trials"] == 6 and study.user_attrs["sweep_config"]["startup_trials"] == 2
+    rows = (tmp_path / "sweep" / "trials.csv").read_text().splitlines()
+    assert rows[0].startswith("trial,state,lr") and len(rows) == 7 and sum(",best" in row for row in rows) == 1
+    with pytest.raises(ValueError, match="cannot shrink"):
+        run_sweep(bank, config, tmp_path / "sweep", progress=False)
 
 
 def test_first_half_is_sobol_and_edges_are_flagged():
@@ -84,31 +110,59 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def postgres():
-    """A throw-away PostgreSQL 15 cluster on a free loopback port (initdb/pg_ctl), torn down after."""
+class ThrowawayPostgres:
+    """A PostgreSQL 15 cluster in a temporary folder on a free loopback port (initdb/pg_ctl), trust authentication
+    (any password is accepted, so tests can put one in the URL and check it is never shown)."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="patchprobe-pg-"))
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:  # initdb refuses root: run the server as the postgres account
+            shutil.chown(self.root, "postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.port = _free_port()
+        self.data = self.root / "data"
+        subprocess.run([*self.as_user, "initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"], check=True,
+                       capture_output=True)
+        self.start()
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=60"
+        subprocess.run([*self.as_user, "pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w", "start"],
+                       check=True, capture_output=True)
+
+    def stop(self) -> None:
+        subprocess.run([*self.as_user, "pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop"], capture_output=True)
+
+    def database(self, name: str, password: str | None = None) -> str:
+        """Create database `name`; its URL (with `password` in it when given)."""
+        import psycopg
+
+        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True) as connection:
+            connection.execute(f"CREATE DATABASE {name}")
+        user = f"postgres:{password}" if password else "postgres"
+        return f"postgresql+psycopg://{user}@127.0.0.1:{self.port}/{name}"
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def postgres_cluster():
+    """Skip unless the server binaries and psycopg are here; else a ThrowawayPostgres (close it after)."""
     if not (shutil.which("initdb") and shutil.which("pg_ctl")):
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not on PATH")
     pytest.importorskip("psycopg")
-    root = Path(tempfile.mkdtemp(prefix="patchprobe-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses root: run the server as the postgres account
-        shutil.chown(root, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    data = root / "data"
-    subprocess.run([*as_user, "initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"], check=True, capture_output=True)
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=50"
-    subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"], check=True, capture_output=True)
-    try:
-        import psycopg
+    return ThrowawayPostgres()
 
-        with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres", autocommit=True) as connection:
-            connection.execute("CREATE DATABASE optuna")
-        yield f"postgresql://postgres@127.0.0.1:{port}/optuna"
+
+@pytest.fixture
+def postgres():
+    cluster = postgres_cluster()
+    try:
+        yield cluster.database("optuna")
     finally:
-        subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        cluster.close()
 
 
 def test_two_workers_share_one_postgres_study_without_duplicates(bank, tmp_path, postgres):

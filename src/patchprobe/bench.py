@@ -232,16 +232,51 @@ def _bank_complete(folder: Path) -> bool:
         return False
 
 
-def _log_job(grid: Grid, job: Job, seconds: float) -> None:
+def _log_job(grid: Grid, job: Job, seconds: float, resumed: bool = False) -> None:
+    """Append the job's duration to runs/jobs.jsonl once (two workers finishing one search both get here).
+
+    `resumed`: the job was picked up part-done, so `seconds` is not what the job costs (left out of ETAs).
+    """
     grid.runs.mkdir(parents=True, exist_ok=True)
-    with open(grid.runs / "jobs.jsonl", "a") as handle:  # appends of one short line are atomic enough for a log
-        handle.write(json.dumps({"job": job.key, "kind": job.kind, "seconds": round(seconds, 2), "host": socket.gethostname(),
-                                 "finished": time.time()}) + "\n")
+    log_file = grid.runs / "jobs.jsonl"
+    lock = FileLock(grid.runs / "jobs.jsonl.lock")
+    for _ in range(100):
+        if lock.acquire():
+            break
+        time.sleep(0.05)
+    try:
+        if job.key in _logged_durations(log_file):
+            return
+        with open(log_file, "a") as handle:
+            handle.write(json.dumps({"job": job.key, "kind": job.kind, "seconds": round(seconds, 2), "resumed": resumed,
+                                     "host": socket.gethostname(), "finished": time.time()}) + "\n")
+    finally:
+        lock.release()
+
+
+def _logged_durations(log_file: Path) -> dict[str, dict]:
+    """job key -> its first entry in jobs.jsonl (later duplicates, from older versions, ignored)."""
+    entries: dict[str, dict] = {}
+    if log_file.exists():
+        for line in log_file.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            entries.setdefault(entry.get("job"), entry)
+    return entries
 
 
 def run_grid(path: str | Path, poll_seconds: float = 10.0, progress: bool = True, log=print) -> pd.DataFrame:
     """Do every unfinished job of the grid (waiting for those other workers hold), then write the results table."""
     grid = Grid(path)
+    said: dict[str, str] = {}  # job -> the last line printed about it: a waiting worker says each thing once
+
+    def say(job: Job, message: str) -> None:
+        if said.get(job.key) != message:
+            said[job.key] = message
+            log(message)
+
     while True:
         pending = [job for job in grid.jobs() if not grid.is_done(job)]
         if not pending:
@@ -257,6 +292,7 @@ def run_grid(path: str | Path, poll_seconds: float = 10.0, progress: bool = True
                     continue
                 try:
                     log(f"[{job.key}] extracting")
+                    resumed = grid.bank_dir(job).exists()
                     entry = grid.encoders[job.encoder]
                     encoder = create_encoder(entry.name, device=grid.config.device, **entry.args)
                     grid.claim(job)
@@ -264,14 +300,17 @@ def run_grid(path: str | Path, poll_seconds: float = 10.0, progress: bool = True
                                  progress=progress)
                 finally:
                     lock.release()
+                _log_job(grid, job, time.perf_counter() - tick, resumed=resumed)
             else:
-                log(f"[{job.key}] searching ({grid.config.trials} trials)")
+                say(job, f"[{job.key}] searching ({grid.config.trials} trials)")
                 grid.claim(job)
                 summary = run_sweep(grid.bank_dir(job), grid.sweep_config(job.probe, job.dataset), grid.sweep_dir(job), storage=grid.storage,
-                                    study_name=grid.study_name(job), progress=progress)
+                                    study_name=grid.study_name(job), progress=progress, log=lambda message, job=job: log(f"[{job.key}] {message}"))
                 if summary is None:
+                    say(job, f"[{job.key}] waiting: other workers hold its last trials (a silent one is reclaimed after its grace period)")
                     continue
-            _log_job(grid, job, time.perf_counter() - tick)
+                # the search's own compute (trials and seed runs, whichever workers ran them), not this worker's share
+                _log_job(grid, job, summary["search_seconds"] + sum(summary["train_seconds"]))
             progressed = True
         if not progressed:
             time.sleep(poll_seconds)  # everything left is held by other workers
@@ -337,13 +376,8 @@ def grid_status(path: str | Path) -> dict:
     """Each job's state (done, running, waiting, pending), sweep trial counts, and an ETA for one worker."""
     grid = Grid(path)
     durations: dict[str, list[float]] = {}
-    log_file = grid.runs / "jobs.jsonl"
-    if log_file.exists():
-        for line in log_file.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
+    for entry in _logged_durations(grid.runs / "jobs.jsonl").values():
+        if not entry.get("resumed"):  # a job picked up part-done took less than a job costs
             durations.setdefault(entry["kind"], []).append(entry["seconds"])
     mean = {kind: sum(v) / len(v) for kind, v in durations.items() if v}
     jobs, eta, known = [], 0.0, True

@@ -323,39 +323,73 @@ def _grid_reader():
 def sweep(
     bank: Path = typer.Option(..., help="bank folder (train and valid drive the search, test the final runs)"),
     probe: str = typer.Option(..., help="probe name (see `patchprobe probes`)"),
-    out: Path = typer.Option(..., help="folder for sweep.json, summary.json, the final seed runs (and the default SQLite storage)"),
-    trials: int = typer.Option(50, help="trials in the whole study, whatever the number of workers"),
-    startup_trials: Optional[int] = typer.Option(None, help="Sobol trials before TPE (default: half)"),
-    epochs: int = typer.Option(30),
-    seeds: int = typer.Option(3, help="seeds for retraining the best setting"),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage URL: default sqlite:///OUT/optuna.db; postgresql://user:pw@host/db lets workers on other machines join"),
+    out: Path = typer.Option(..., help="folder for sweep.json, summary.json, trials.csv, the final seed runs (and the default SQLite storage)"),
+    trials: int = typer.Option(50, min=1, help="trials in the whole study, whatever the number of workers; a larger value extends a finished study"),
+    startup_trials: Optional[int] = typer.Option(None, min=0, help="Sobol trials before TPE (default: half, fixed when the study is created)"),
+    epochs: int = typer.Option(30, min=1),
+    seeds: int = typer.Option(3, min=1, help="seeds for retraining the best setting (initialisation and data order)"),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL: default sqlite:///OUT/optuna.db; postgresql+psycopg://user:pw@host/db lets workers on other machines join"),
     study_name: Optional[str] = typer.Option(None, help="default: <bank folder>/<probe>"),
     lr_range: Optional[str] = typer.Option(None, help="LOW,HIGH learning-rate bounds (default per probe: see docs/sweeps.md)"),
     no_prune: bool = typer.Option(False, "--no-prune", help="train every trial for all epochs"),
     probe_arg: Optional[list[str]] = typer.Option(None, help="extra probe argument KEY=VALUE, repeatable"),
+    heartbeat_seconds: int = typer.Option(30, min=1, help="seconds between a running trial's heartbeats"),
+    grace_seconds: int = typer.Option(120, min=2, help="a trial whose worker is silent this long is reclaimed (must exceed --heartbeat-seconds)"),
+    wait_seconds: Optional[float] = typer.Option(None, min=0, help="when only trials held by other workers are left: wait at most this long for them (reclaiming silent ones), then exit 3; default: as long as they run"),
+    db_retry_seconds: float = typer.Option(120.0, min=0, help="wait out a database outage this long before giving up (exit 2)"),
     device: str = typer.Option("cpu"),
-    quiet: bool = typer.Option(False, "--quiet"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar (notices about waiting and outages are still printed)"),
 ) -> None:
-    """The paper's search for one (bank, probe): Sobol then TPE over lr and weight decay, pruned, then 3 seeds."""
+    """The paper's search for one (bank, probe): Sobol then TPE over lr and weight decay, pruned, then 3 seeds.
+
+    Start it again anywhere (same --storage) to add workers; rerun it to resume. Exit 0 with the summary, 2 on bad input
+    or a database gone longer than --db-retry-seconds, 3 when --wait-seconds ran out.
+    """
+    from .errors import SweepIncompleteError
     from .sweep import SweepConfig, run_sweep
 
     bounds = tuple(float(x) for x in _split_list(lr_range)) if lr_range else None
     if bounds is not None and (len(bounds) != 2 or not 0 < bounds[0] < bounds[1]):
         raise typer.BadParameter("--lr-range needs LOW,HIGH with 0 < LOW < HIGH")
+    if grace_seconds <= heartbeat_seconds:
+        raise typer.BadParameter(f"{grace_seconds} must exceed --heartbeat-seconds ({heartbeat_seconds}), or live workers' "
+                                 "trials are taken for dead", param_hint="--grace-seconds")
     config = SweepConfig(probe=probe, probe_args=_parse_pairs(probe_arg, "--probe-arg"), trials=trials,
                          startup_trials=startup_trials, epochs=epochs, seeds=seeds, lr_range=bounds, prune=not no_prune,
-                         device=device)
-    summary = run_sweep(bank, config, out, storage=storage, study_name=study_name, progress=not quiet)
-    if summary is None:
-        console.print("this worker is done; other workers still run trials (the last one writes summary.json)")
-        return
+                         heartbeat_seconds=heartbeat_seconds, grace_seconds=grace_seconds, device=device)
+    try:
+        summary = run_sweep(bank, config, out, storage=storage, study_name=study_name, progress=not quiet,
+                            wait_seconds=math.inf if wait_seconds is None else wait_seconds, db_retry_seconds=db_retry_seconds,
+                            log=lambda message: console.print(escape(message)))
+    except SweepIncompleteError as exc:
+        console.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
+        raise typer.Exit(code=3)
+    assert summary is not None  # a waiting search returns only once the study is finished
+    _print_trials(out / "trials.csv")
     metric = next(iter(summary["test"]), None)
     best = summary["best"]
     console.print(f"best lr {best['lr']:.3g}, weight decay {best['weight_decay']:.3g} (trial {best['trial']}, valid {best['valid']:.4f})"
                   + (f"; at the {summary['edge']['lr']} edge of the lr range: widen it with --lr-range" if summary["edge"]["lr"] else ""))
     if metric:
         console.print(f"test {metric}: {summary['test'][metric]['mean']:.4f} ± {summary['test'][metric]['sd']:.4f} over {len(summary['seeds'])} seeds")
-    console.print(f"trials: {summary['trials']}; written {out / 'summary.json'}")
+    console.print(f"trials: {summary['trials']}; written {out / 'summary.json'} and {out / 'trials.csv'}")
+
+
+def _print_trials(path: Path) -> None:
+    """The trials table of a finished search (trials.csv), over-budget placeholders left out."""
+    import csv
+
+    with open(path, newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if not row["note"].startswith("over budget")]
+    table = Table("trial", "state", "lr", "weight decay", "valid", "pruned at", "s", "note", title="trials")
+
+    def number(text: str) -> str:
+        return f"{float(text):.4g}" if text else "-"
+
+    for row in rows:
+        table.add_row(row["trial"], row["state"], number(row["lr"]), number(row["weight_decay"]), number(row["valid"]),
+                      row["pruned_at_epoch"] or "-", number(row["seconds"]), row["note"])
+    console.print(table)
 
 
 bench_app = typer.Typer(help="The benchmark grid: encoders x datasets x probes as resumable jobs shared by any number of workers.",

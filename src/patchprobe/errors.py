@@ -53,3 +53,11 @@ class RegistryError(PatchprobeError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+class StorageUnavailableError(PatchprobeError):
+    """A search's study storage (SQLite file, PostgreSQL server) did not answer within the retry period."""
+
+
+class SweepIncompleteError(PatchprobeError):
+    """A sweep gave up waiting for trials other workers hold (`--wait-seconds`); rerunning continues it."""

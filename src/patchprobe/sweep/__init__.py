@@ -4,7 +4,7 @@ drives extraction and searches over many encoders and datasets is `patchprobe.be
 
 from .grid import grid_then_seeds, seed_summary
 from .search import (LR_RANGES, WEIGHT_DECAY_RANGE, SobolThenTPE, SweepConfig, best_trial, default_storage, edge_flags, open_study,
-                     run_sweep)
+                     run_sweep, trial_rows)
 
 __all__ = ["LR_RANGES", "WEIGHT_DECAY_RANGE", "SobolThenTPE", "SweepConfig", "best_trial", "default_storage", "edge_flags",
-           "grid_then_seeds", "open_study", "run_sweep", "seed_summary"]
+           "grid_then_seeds", "open_study", "run_sweep", "seed_summary", "trial_rows"]

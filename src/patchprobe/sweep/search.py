@@ -5,20 +5,24 @@ Optuna is the engine and its storage the coordination: a SQLite file by default,
 that any number of worker processes on any number of machines join (`patchprobe sweep ...` again,
 anywhere). Each worker asks for trials until the study holds `trials` live ones; trial numbers are
 handed out by the storage, so the budget is exact however many workers race. A worker that dies
-leaves a RUNNING trial whose heartbeat stops; the next worker marks it failed and runs a fresh one,
-so finished trials are never lost and the budget still completes.
+leaves a RUNNING trial whose heartbeat stops; once it has been silent for the grace period, any worker
+marks it failed and runs a fresh one, so finished trials are never lost and the budget still completes.
+A worker with nothing left to start waits for the trials others hold (reclaiming silent ones) when asked
+to (`wait_seconds`), so the last worker alive always finishes the study. A database outage is waited out
+(`db_retry_seconds`, see `storage.py`); equal settings are never trained twice in one study.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime
 import math
 import statistics
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import optuna
@@ -26,13 +30,15 @@ import torch
 import scipy.stats
 from optuna.samplers import BaseSampler, TPESampler
 from optuna.trial import FrozenTrial, TrialState
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .._io import write_json
+from .._io import atomic_write_with, write_json
 from ..bank import LoadedBank
+from ..errors import SweepIncompleteError
 from ..probes import PROBES
 from ..train import LOSSES, Run, TrainConfig, evaluate_scores, fit, loss_name, predict, primary_metric, train_probes
 from .grid import WAIT_FOR_OTHER_WRITERS
+from .storage import Heartbeat, RetryingStorage, redact, redact_in
 
 # Learning-rate ranges (log-uniform) per probe, declared where each probe is registered (`lr_range`):
 # a decade or more around the best rates measured on the demo data. Weight decay: the paper's range.
@@ -41,27 +47,45 @@ LR_RANGES: dict[str, tuple[float, float]] = {name: PROBES.spec(name).lr_range fo
 WEIGHT_DECAY_RANGE = (1e-5, 5e-4)
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 EDGE_FRACTION = 0.1  # of the log-range: a best value this close to a bound is flagged
+DB_RETRY_SECONDS = 120.0  # how long a worker waits out a database outage before giving up (--db-retry-seconds)
+MAX_REDRAWS = 20  # attempts at a setting no other trial of the study has
+# What a study's settings may differ in between workers: how each worker runs, not what the search is.
+WORKER_SETTINGS = ("heartbeat_seconds", "grace_seconds", "device")
 
 
 class SweepConfig(BaseModel):
-    """One search: saved as `sweep.json` in its folder and in the study's attributes."""
+    """One search: saved as `sweep.json` in its folder and in the study's attributes (`sweep_config`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     probe: str
     probe_args: dict = Field(default_factory=dict)
-    trials: int = 50
-    startup_trials: int | None = None  # Sobol trials before TPE; default: half of `trials`
-    epochs: int = 30
-    batch_size: int = 128
-    seeds: int = 3  # final retraining of the best setting
+    trials: int = Field(50, ge=1)  # a finished study can be extended by a larger value; never shrunk
+    startup_trials: int | None = Field(None, ge=0)  # Sobol trials before TPE; default: half of `trials` at creation
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(128, ge=1)
+    seeds: int = Field(3, ge=1)  # final retraining of the best setting
     lr_range: tuple[float, float] | None = None  # default: the probe's registered lr_range
     weight_decay_range: tuple[float, float] = WEIGHT_DECAY_RANGE
     prune: bool = True
+    # Successive halving (Optuna's SuccessiveHalvingPruner) on the validation score, reported every
+    # `report_every` epochs (default epochs // 10, at least 1). "auto": no pruning until a trial completes, then
+    # min_resource = max(1, its last reported epoch // 100), i.e. 1 for runs under 200 epochs.
+    prune_reduction_factor: int = Field(4, ge=2)
+    prune_min_resource: int | Literal["auto"] = "auto"
+    prune_min_early_stopping_rate: int = Field(0, ge=0)
+    report_every: int | None = Field(None, ge=1)
     sampler_seed: int = 0
-    heartbeat_seconds: int = 30  # a worker silent for `grace_seconds` is taken for dead
-    grace_seconds: int = 120
+    heartbeat_seconds: int = Field(30, ge=1)  # a worker silent for `grace_seconds` is taken for dead
+    grace_seconds: int = Field(120, ge=2)
     device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _grace_outlasts_heartbeat(self) -> "SweepConfig":
+        if self.grace_seconds <= self.heartbeat_seconds:
+            raise ValueError(f"grace_seconds ({self.grace_seconds}) must exceed heartbeat_seconds ({self.heartbeat_seconds}), "
+                             "or live workers' trials are taken for dead (--grace-seconds, --heartbeat-seconds)")
+        return self
 
     def lr_bounds(self) -> tuple[float, float]:
         if self.lr_range:
@@ -71,6 +95,37 @@ class SweepConfig(BaseModel):
     def n_startup(self) -> int:
         return self.trials // 2 if self.startup_trials is None else self.startup_trials
 
+    def report_interval(self) -> int:
+        """Epochs between validation reports to the pruner."""
+        return self.report_every or max(1, self.epochs // 10)
+
+    def pruner_settings(self) -> dict:
+        """The pruning protocol as saved with the study and its summary."""
+        if not self.prune:
+            return {"pruner": "none"}
+        return {"pruner": "successive_halving", "reduction_factor": self.prune_reduction_factor,
+                "min_resource": self.prune_min_resource, "min_early_stopping_rate": self.prune_min_early_stopping_rate,
+                "report_every_epochs": self.report_interval()}
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        if not self.prune:
+            return optuna.pruners.NopPruner()
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=self.prune_min_resource, reduction_factor=self.prune_reduction_factor,
+                                                      min_early_stopping_rate=self.prune_min_early_stopping_rate)
+
+
+def _derived_seed(*parts: int) -> int:
+    """One 32-bit seed from several integers (the sampler seed, a trial number, an attempt)."""
+    value = 0x9E3779B9
+    for part in parts:
+        value = (value * 1_000_003 + int(part) + 0x7F4A7C15) % (2**32)
+    return value
+
+
+def _setting(params: dict, names) -> tuple:
+    """The comparable form of a trial's setting: its values at 12 significant digits."""
+    return tuple(float(f"{params[name]:.12g}") if name in params else None for name in names)
+
 
 class SobolThenTPE(BaseSampler):
     """The paper's sampler: scrambled Sobol points for the first `n_startup` trials, then TPE.
@@ -79,15 +134,31 @@ class SobolThenTPE(BaseSampler):
     mapped onto the parameter's range, in log space for log ranges). The point depends only on the trial
     number the storage hands out, so concurrent workers never draw the same point, and the first trial
     is a Sobol point too.
+
+    TPE trial k draws with a seed derived from (seed, k): two workers sampling at the same moment from the
+    same history draw different points, and a trial that replaces a failed one does not repeat its point.
+    A draw equal to another trial's setting is drawn again (up to MAX_REDRAWS times).
     """
 
     def __init__(self, n_startup: int, param_names: tuple[str, ...] = ("lr", "weight_decay"), seed: int = 0) -> None:
         self.n_startup = n_startup
+        self.seed = seed
+        self._names = param_names
         self._dims = {name: i for i, name in enumerate(param_names)}
         rows = max(1, n_startup)
         sobol = scipy.stats.qmc.Sobol(d=len(param_names), scramble=True, seed=seed)
         self._table = sobol.random_base2(max(0, math.ceil(math.log2(rows))))[:rows]
-        self._tpe = TPESampler(n_startup_trials=0, seed=seed, multivariate=True, constant_liar=True)
+        self._tpe = self._tpe_for(0, 0)  # only for the search space (deterministic) and the trial hooks (stateless)
+        self._drawing: dict[tuple[int, int], TPESampler] = {}
+
+    def _tpe_for(self, number: int, attempt: int) -> TPESampler:
+        return TPESampler(n_startup_trials=0, seed=_derived_seed(self.seed, number, attempt), multivariate=True, constant_liar=True)
+
+    def _trial_tpe(self, number: int, attempt: int = 0) -> TPESampler:
+        if (number, attempt) not in self._drawing:
+            self._drawing = {key: s for key, s in self._drawing.items() if key[0] == number}  # keep the current trial's only
+            self._drawing[(number, attempt)] = self._tpe_for(number, attempt)
+        return self._drawing[(number, attempt)]
 
     def _startup(self, trial: FrozenTrial) -> bool:
         return trial.number < self.n_startup
@@ -96,11 +167,20 @@ class SobolThenTPE(BaseSampler):
         return {} if self._startup(trial) else self._tpe.infer_relative_search_space(study, trial)
 
     def sample_relative(self, study, trial, search_space):
-        return {} if self._startup(trial) else self._tpe.sample_relative(study, trial, search_space)
+        if self._startup(trial) or not search_space:
+            return {}
+        names = sorted(search_space)
+        taken = {_setting(t.params, names) for t in study.get_trials(deepcopy=False) if t.number != trial.number and t.params}
+        params = {}
+        for attempt in range(MAX_REDRAWS):
+            params = self._trial_tpe(trial.number, attempt).sample_relative(study, trial, search_space)
+            if _setting(params, names) not in taken:
+                break
+        return params
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         if not self._startup(trial) or param_name not in self._dims:
-            return self._tpe.sample_independent(study, trial, param_name, param_distribution)
+            return self._trial_tpe(trial.number).sample_independent(study, trial, param_name, param_distribution)
         u = float(self._table[trial.number, self._dims[param_name]])
         low, high = param_distribution.low, param_distribution.high
         if getattr(param_distribution, "log", False):
@@ -121,13 +201,15 @@ class SobolThenTPE(BaseSampler):
 def optuna_quietly():
     """Optuna at WARNING verbosity, its ExperimentalWarning (heartbeats) silenced, for the duration only.
 
-    We rely on heartbeats' current behaviour (tested); a user's own Optuna settings are restored on exit.
+    We rely on heartbeats' current behaviour (tested) and keep them ourselves outside `Study.optimize` (whose
+    warning about that is silenced too); a user's own Optuna settings are restored on exit.
     """
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
             yield
     finally:
         optuna.logging.set_verbosity(level)
@@ -137,48 +219,80 @@ def default_storage(folder: str | Path) -> str:
     return f"sqlite:///{Path(folder).resolve() / 'optuna.db'}"
 
 
-def open_study(config: SweepConfig, storage: str, study_name: str) -> optuna.Study:
-    """Create or join the study `study_name` in `storage` (its config must match an existing one)."""
+def open_study(config: SweepConfig, storage: str, study_name: str, db_retry_seconds: float = DB_RETRY_SECONDS,
+               log: Callable[[str], None] | None = None) -> optuna.Study:
+    """Create or join the study `study_name` in `storage` (its settings must match an existing one's; a larger
+    `trials` extends it). The study's storage retries through database outages for `db_retry_seconds`."""
     with optuna_quietly():
-        return _open_study(config, storage, study_name)
+        return _open_study(config, storage, study_name, db_retry_seconds, log)[0]
 
 
-def _open_study(config: SweepConfig, storage: str, study_name: str) -> optuna.Study:
+def _open_study(config: SweepConfig, storage: str, study_name: str, db_retry_seconds: float = DB_RETRY_SECONDS,
+                log: Callable[[str], None] | None = None) -> tuple[optuna.Study, SweepConfig]:
+    """The study and the settings it runs with: `config` with the study's saved startup_trials (fixed at creation,
+    so that extending the budget keeps the Sobol phase) and a larger budget saved when `config` extends it."""
     from sqlalchemy.exc import SQLAlchemyError
 
     engine = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {"pool_pre_ping": True}
+    retrying = RetryingStorage(None, storage, db_retry_seconds, log)  # type: ignore[arg-type]
     for attempt in range(6):
         # workers started together on a fresh database race to create Optuna's tables and the study:
         # the losers see "already exists" errors and simply try again
         try:
-            rdb = optuna.storages.RDBStorage(storage, engine_kwargs=engine, heartbeat_interval=config.heartbeat_seconds,
-                                             grace_period=config.grace_seconds)
-            study = optuna.create_study(study_name=study_name, storage=rdb, direction="maximize", load_if_exists=True,
-                                        sampler=SobolThenTPE(config.n_startup(), seed=config.sampler_seed),
-                                        pruner=optuna.pruners.SuccessiveHalvingPruner() if config.prune else optuna.pruners.NopPruner())
+            rdb = retrying.retry(lambda: optuna.storages.RDBStorage(storage, engine_kwargs=engine, heartbeat_interval=config.heartbeat_seconds,
+                                                                    grace_period=config.grace_seconds))
+            retrying.inner = optuna.storages._CachedStorage(rdb)
+            study = optuna.create_study(study_name=study_name, storage=retrying, direction="maximize", load_if_exists=True,
+                                        sampler=SobolThenTPE(config.n_startup(), seed=config.sampler_seed), pruner=config.make_pruner())
             break
-        except SQLAlchemyError:
+        except SQLAlchemyError as exc:
             if attempt == 5:
-                raise
+                raise ValueError(f"study {study_name!r} in {redact(storage)}: {redact_in(str(exc).splitlines()[0], storage)}") from None
             time.sleep(0.5 * (attempt + 1))
     saved = study.user_attrs.get("sweep_config")
-    mine = config.model_dump(mode="json")
+    mine = _resolved(config)
     if saved is None:
-        study.set_user_attr("sweep_config", mine)
-    elif _search_settings(saved) != _search_settings(mine):
-        raise ValueError(f"study {study_name!r} in {storage} was started with other settings ({saved}); "
-                         "use the same settings or another --study-name")
-    return study
+        study.set_user_attr("sweep_config", mine.model_dump(mode="json"))
+        study.set_user_attr("pruner", mine.pruner_settings())
+        return study, mine
+    stored = _resolved(SweepConfig(**{k: v for k, v in saved.items() if k not in WORKER_SETTINGS}))
+    wanted = mine if config.startup_trials is not None else mine.model_copy(update={"startup_trials": stored.startup_trials})
+    if _search_settings(stored) != _search_settings(wanted):
+        changed = sorted(k for k, v in _search_settings(wanted).items() if _search_settings(stored).get(k) != v)
+        raise ValueError(f"study {study_name!r} in {redact(storage)} was started with other settings ({', '.join(changed)} differ; "
+                         f"saved: {_search_settings(stored)}); use the same settings or another --study-name")
+    if wanted.trials < stored.trials:
+        raise ValueError(f"study {study_name!r} in {redact(storage)} has a budget of {stored.trials} trials; --trials {wanted.trials} "
+                         f"cannot shrink it: use --trials {stored.trials} (or more, to extend it)")
+    if wanted.trials > stored.trials:
+        study.set_user_attr("sweep_config", wanted.model_dump(mode="json"))  # the extended budget, for every worker
+        if log:
+            log(f"study {study_name!r}: budget extended from {stored.trials} to {wanted.trials} trials (finished trials kept)")
+    study.sampler = SobolThenTPE(wanted.n_startup(), seed=wanted.sampler_seed)
+    return study, wanted
 
 
-def _search_settings(dumped: dict) -> dict:
-    """The settings that define a study; how a worker runs (heartbeat, device) may differ between workers."""
-    return {k: v for k, v in dumped.items() if k not in ("heartbeat_seconds", "grace_seconds", "device")}
+def _resolved(config: SweepConfig) -> SweepConfig:
+    """`config` with its defaults that depend on other settings written out (startup trials, report interval)."""
+    return config.model_copy(update={"startup_trials": config.n_startup(), "report_every": config.report_interval()})
+
+
+def _search_settings(config: SweepConfig) -> dict:
+    """The settings that define a study, bar its budget; how a worker runs (heartbeat, device) may differ between workers."""
+    return {k: v for k, v in config.model_dump(mode="json").items() if k not in (*WORKER_SETTINGS, "trials")}
 
 
 def _count_live(study: optuna.Study, below: int | None = None) -> int:
     trials = study.get_trials(deepcopy=False, states=LIVE)
     return sum(1 for t in trials if below is None or t.number < below)
+
+
+class _Duplicate(Exception):
+    """Raised inside a trial whose setting another live trial of the study already has."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(f"same setting as trial {number}")
+        self.number = number
 
 
 def _objective_factory(config: SweepConfig, bank: LoadedBank) -> Callable[[optuna.Trial], float]:
@@ -187,7 +301,7 @@ def _objective_factory(config: SweepConfig, bank: LoadedBank) -> Callable[[optun
     metric = primary_metric(multilabel)
     loss_fn = LOSSES[loss_name(TrainConfig(probe=config.probe), multilabel)]
     labels = valid.labels.cpu()
-    report_every = max(1, config.epochs // 10)
+    report_every = config.report_interval()
 
     def score(probe) -> tuple[float, float, dict]:
         logits = predict(probe, valid)
@@ -199,6 +313,12 @@ def _objective_factory(config: SweepConfig, bank: LoadedBank) -> Callable[[optun
     def objective(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("lr", *config.lr_bounds(), log=True)
         weight_decay = trial.suggest_float("weight_decay", *config.weight_decay_range, log=True)
+        names = ("lr", "weight_decay")
+        mine = _setting(trial.params, names)
+        # the sampler avoids settings it can see; this catches a worker that set the same one a moment ago
+        for other in trial.study.get_trials(deepcopy=False, states=LIVE):
+            if other.number != trial.number and _setting(other.params, names) == mine:
+                raise _Duplicate(other.number)
         run = TrainConfig(probe=config.probe, probe_args=config.probe_args, epochs=config.epochs, batch_size=config.batch_size,
                           lr=lr, weight_decay=weight_decay, seed=0, device=config.device)
 
@@ -212,7 +332,11 @@ def _objective_factory(config: SweepConfig, bank: LoadedBank) -> Callable[[optun
                     raise optuna.TrialPruned()
 
         tick = time.perf_counter()
-        result = train_probes(train, [run], progress=False, on_epoch=on_epoch)[0]
+        try:
+            result = train_probes(train, [run], progress=False, on_epoch=on_epoch)[0]
+        except optuna.TrialPruned:  # a pruned trial's time counts in the search's cost too
+            trial.set_user_attr("seconds", round(time.perf_counter() - tick, 2))
+            raise
         trial.set_user_attr("seconds", round(time.perf_counter() - tick, 2))
         trial.set_user_attr("num_parameters", result.probe.num_parameters())
         if result.diverged:
@@ -226,12 +350,8 @@ def _objective_factory(config: SweepConfig, bank: LoadedBank) -> Callable[[optun
     return objective
 
 
-class _OverBudget(Exception):
-    """Raised inside a trial that another worker's trials have already made surplus."""
-
-
-def _fail_orphans(study: optuna.Study, grace_seconds: float) -> None:
-    """Fail RUNNING trials whose worker died between creating them and their first heartbeat.
+def _fail_orphans(study: optuna.Study, grace_seconds: float) -> list[int]:
+    """Fail RUNNING trials whose worker died between creating them and their first heartbeat; returns their numbers.
 
     Optuna only fails stale trials that have a heartbeat on record, so a worker killed in that window
     leaves a trial RUNNING forever, holding a place in the budget. Our trials mark themselves
@@ -239,43 +359,192 @@ def _fail_orphans(study: optuna.Study, grace_seconds: float) -> None:
     has no worker.
     """
     now = datetime.datetime.now()
+    failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not trial.user_attrs.get("started") and trial.datetime_start is not None and (
                 now - trial.datetime_start).total_seconds() > grace_seconds:
-            study.tell(trial.number, state=TrialState.FAIL)
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+                study.tell(trial.number, state=TrialState.FAIL)
+                failed.append(trial.number)
+    return failed
 
 
-def search(study: optuna.Study, config: SweepConfig, bank: LoadedBank, on_trial: Callable | None = None) -> int:
+def _reclaim(study: optuna.Study, config: SweepConfig, storage: RetryingStorage) -> list[int]:
+    """Fail the trials whose worker has been silent for the grace period (they free their place in the budget);
+    returns their numbers. Skipped just after this worker's own database outage, until live workers' heartbeats,
+    which could not be written during it either, have caught up."""
+    if storage.reachable_for() < config.heartbeat_seconds + 2:
+        return []
+    reclaimed = []
+    numbers = {t._trial_id: t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # another worker reclaimed it first
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                reclaimed.append(numbers.get(trial_id, trial_id))
+    return reclaimed + _fail_orphans(study, config.grace_seconds)
+
+
+def _describe_held(study: optuna.Study, config: SweepConfig, storage: RetryingStorage) -> tuple[tuple, str]:
+    """What the RUNNING trials of other workers are waiting on: (a key that changes when the situation does, one line)."""
+    ages = storage.heartbeat_ages(study._study_id)
+    now = datetime.datetime.now()
+    key, parts = [], []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        age = ages.get(trial._trial_id)
+        if age is None:  # no heartbeat yet: a worker starting it, or one killed before its first (see _fail_orphans)
+            age = (now - trial.datetime_start).total_seconds() if trial.datetime_start else 0.0
+            silent = age > 2 * config.heartbeat_seconds
+        else:
+            silent = age > 2 * config.heartbeat_seconds
+        key.append((trial.number, silent))
+        if silent:
+            parts.append(f"trial {trial.number} is held by a silent worker (no heartbeat for {age:.0f} s): reclaimed once silent "
+                         f"for {config.grace_seconds} s (--grace-seconds), in about {max(0.0, config.grace_seconds - age):.0f} s")
+        else:
+            parts.append(f"trial {trial.number} is running on a live worker (heartbeat {age:.0f} s ago)")
+    return tuple(key), "; ".join(parts)
+
+
+def search(study: optuna.Study, config: SweepConfig, bank: LoadedBank, on_trial: Callable | None = None,
+           wait_seconds: float | None = None, log: Callable[[str], None] | None = None) -> int:
     """Run trials in this process until the study holds `config.trials` live trials; returns how many ran here.
 
-    Each trial goes through `Study.optimize` (one at a time), which keeps its heartbeat while it runs.
+    Each trial keeps a heartbeat while it runs (`storage.Heartbeat`). When every place left in the budget is held by
+    other workers: with `wait_seconds` None, return at once; otherwise wait for them, reclaiming trials whose worker
+    went silent (and running them here), for up to `wait_seconds` (math.inf: no limit), then SweepIncompleteError.
     """
     with optuna_quietly():
-        return _search(study, config, bank, on_trial)
+        return _search(study, config, bank, on_trial, wait_seconds, log or (lambda message: None))
 
 
-def _search(study: optuna.Study, config: SweepConfig, bank: LoadedBank, on_trial: Callable | None) -> int:
-    optuna.storages.fail_stale_trials(study)
-    _fail_orphans(study, config.grace_seconds)
+def _search(study: optuna.Study, config: SweepConfig, bank: LoadedBank, on_trial: Callable | None, wait_seconds: float | None,
+            log: Callable[[str], None]) -> int:
+    storage = study._storage
+    if not isinstance(storage, RetryingStorage):
+        raise TypeError("search() needs a study from open_study() (its storage keeps heartbeats and retries)")
     objective = _objective_factory(config, bank)
+    poll = max(1.0, min(float(config.heartbeat_seconds), 10.0))
+    ran, waited, duplicates, notice = 0, 0.0, 0, None
+    while True:
+        for number in _reclaim(study, config, storage):
+            log(f"trial {number}: its worker went silent for {config.grace_seconds} s; reclaimed (marked failed, its place "
+                "in the budget freed)")
+        live = study.get_trials(deepcopy=False, states=LIVE)
+        if len(live) < config.trials or any(t.state == TrialState.WAITING for t in live):
+            outcome = _run_one(study, config, objective, storage, log)
+            duplicates = duplicates + 1 if outcome == "duplicate" else 0
+            if duplicates > MAX_REDRAWS:
+                raise ValueError(f"study {study.study_name!r}: {MAX_REDRAWS} draws in a row repeated settings of other trials; "
+                                 "the search range is too narrow for the budget (--lr-range)")
+            if outcome == "ran":
+                ran += 1
+                if on_trial is not None:
+                    on_trial()
+            continue
+        if not any(t.state == TrialState.RUNNING for t in live) or wait_seconds is None:
+            return ran
+        key, text = _describe_held(study, config, storage)
+        if key != notice:  # say it when the situation changes, not every poll
+            log(f"waiting for other workers: {text}")
+            notice = key
+        if waited >= wait_seconds:
+            raise SweepIncompleteError(f"study {study.study_name!r}: gave up after waiting {waited:.0f} s (--wait-seconds) with "
+                                       f"{_count_live(study)} of {config.trials} trials started: {text}. Finished trials are kept; "
+                                       "rerun the same command to continue")
+        pause = min(poll, wait_seconds - waited)
+        time.sleep(pause)
+        waited += pause
 
-    def guarded(trial: optuna.Trial) -> float:
-        trial.set_user_attr("started", True)  # inside Optuna's heartbeat: see _fail_orphans
-        if _count_live(study, below=trial.number) >= config.trials:
+
+def _run_one(study: optuna.Study, config: SweepConfig, objective: Callable, storage: RetryingStorage,
+             log: Callable[[str], None]) -> str:
+    """Ask the storage for one trial and run it under a heartbeat; "ran", "over_budget" or "duplicate"."""
+    trial = study.ask()
+    with Heartbeat(storage, trial._trial_id, config.heartbeat_seconds):
+        trial.set_user_attr("started", True)  # after the first heartbeat: see _fail_orphans
+        if _count_live(study, below=trial.number) >= config.trials:  # other workers filled the budget meanwhile
             trial.set_user_attr("over_budget", True)
-            raise _OverBudget()
-        return objective(trial)
+            _tell(study, trial, TrialState.FAIL, None, log)
+            return "over_budget"
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            _tell(study, trial, TrialState.PRUNED, None, log)
+            return "ran"
+        except _Duplicate as duplicate:
+            trial.set_user_attr("duplicate_of", duplicate.number)
+            _tell(study, trial, TrialState.FAIL, None, log)
+            return "duplicate"
+        except BaseException:
+            with contextlib.suppress(Exception):  # the database may be what failed; the heartbeat stops, so it is reclaimed
+                storage.inner.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            raise
+        _tell(study, trial, TrialState.COMPLETE, value, log)
+        return "ran"
 
-    def waiting() -> bool:  # trials enqueued with `study.enqueue_trial` count in the budget and run first
-        return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
-    ran = 0
-    while _count_live(study) < config.trials or waiting():
-        study.optimize(guarded, n_trials=1, catch=(_OverBudget,), gc_after_trial=False)
-        ran += 1
-        if on_trial is not None:
-            on_trial()
-    return ran
+def _tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None, log: Callable[[str], None]) -> None:
+    """Finish a trial; a trial another worker has meanwhile reclaimed (its heartbeat could not be written for longer than
+    the grace period) keeps the state that worker gave it, and this result is dropped with a notice."""
+    try:
+        study.tell(trial, value, state=state) if state == TrialState.COMPLETE else study.tell(trial, state=state)
+    except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, ValueError) as exc:
+        current = study._storage.get_trial(trial._trial_id).state
+        if current == state:  # our own write went through before a retry: done
+            return
+        if current.is_finished():
+            log(f"trial {trial.number}: reclaimed by another worker while this one could not reach the database; "
+                f"its result ({state.name.lower()}) is dropped and a fresh trial takes its place")
+            return
+        raise exc
+
+
+def run_sweep(bank: str | Path | LoadedBank, config: SweepConfig, out: str | Path, storage: str | None = None,
+              study_name: str | None = None, progress: bool = True, wait_seconds: float | None = None,
+              db_retry_seconds: float = DB_RETRY_SECONDS, log: Callable[[str], None] | None = None) -> dict | None:
+    """Search, then (once every trial of the study has finished) retrain the best setting with `config.seeds`
+    seeds and write `summary.json` and `trials.csv` in `out`. Safe to run in several processes at once and to rerun;
+    a larger `config.trials` extends a finished study (its trials are kept) and finalises it again.
+
+    Args:
+        bank: the bank folder or LoadedBank (its train and valid splits drive the search; test is only used by the
+            final runs).
+        out: this search's folder (final runs under `final/seed=<s>`; the default SQLite storage too).
+        storage: Optuna storage URL; default `sqlite:///<out>/optuna.db`.
+        study_name: default "<bank folder name>/<probe>".
+        wait_seconds: when the trials left are held by other workers: None returns None at once (a caller that polls,
+            like `bench run`); a number waits for them (math.inf: as long as it takes), reclaiming those whose worker
+            went silent, then raises SweepIncompleteError.
+        db_retry_seconds: how long each storage call waits out a database outage before StorageUnavailableError.
+        log: one-line notices (waiting, reclaimed trials, outages, an extended budget); default: none.
+    Returns:
+        the summary, or None when other workers still run trials (the last one to finish writes it).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    bank = LoadedBank.coerce(bank, device=config.device)
+    bank.require("valid", purpose="the search (or carve a valid split with the dataset's valid_fraction)")
+    storage = storage or default_storage(out)
+    study_name = study_name or f"{bank.root.resolve().name}/{config.probe}"
+    with optuna_quietly():
+        study, config = _open_study(config, storage, study_name, db_retry_seconds, log)  # refuses other settings first
+    # written after the check: a worker refused for other settings leaves the study's record alone
+    write_json(out / "sweep.json", {"config": config.model_dump(mode="json"), "pruner": config.pruner_settings(),
+                                    "storage": redact(storage), "study_name": study_name, "bank": str(bank.root.resolve())})
+    bar = None
+    if progress:
+        from .._progress import ProgressBar
+
+        bar = ProgressBar(True, f"sweep {config.probe}", total=config.trials, completed=_count_live(study))
+    try:
+        search(study, config, bank, on_trial=bar.advance if bar else None, wait_seconds=wait_seconds, log=log)
+    finally:
+        if bar:
+            bar.close()
+    with optuna_quietly():
+        if not sweep_finished(study, config.trials):
+            return None
+        return finalize(bank, study, config, out, progress)
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
@@ -298,62 +567,19 @@ def sweep_finished(study: optuna.Study, trials: int) -> bool:
     return len(states) >= trials and TrialState.RUNNING not in states and TrialState.WAITING not in states
 
 
-def run_sweep(bank: str | Path | LoadedBank, config: SweepConfig, out: str | Path, storage: str | None = None,
-              study_name: str | None = None, progress: bool = True) -> dict | None:
-    """Search, then (once every trial of the study has finished) retrain the best setting with `config.seeds`
-    seeds and write `summary.json` in `out`. Safe to run in several processes at once and to rerun.
-
-    Args:
-        bank: the bank folder or LoadedBank (its train and valid splits drive the search; test is only used by the
-            final runs).
-        out: this search's folder (final runs under `final/seed=<s>`; the default SQLite storage too).
-        storage: Optuna storage URL; default `sqlite:///<out>/optuna.db`.
-        study_name: default "<bank folder name>/<probe>".
-    Returns:
-        the summary, or None when other workers still run trials (the last one to finish writes it).
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    bank = LoadedBank.coerce(bank, device=config.device)
-    bank.require("valid", purpose="the search (or carve a valid split with the dataset's valid_fraction)")
-    storage = storage or default_storage(out)
-    study_name = study_name or f"{bank.root.resolve().name}/{config.probe}"
-    write_json(out / "sweep.json", {"config": config.model_dump(mode="json"), "storage": _redact(storage), "study_name": study_name,
-                                    "bank": str(bank.root.resolve())})
-    study = open_study(config, storage, study_name)
-    bar = None
-    if progress:
-        from .._progress import ProgressBar
-
-        bar = ProgressBar(True, f"sweep {config.probe}", total=config.trials, completed=_count_live(study))
-    try:
-        search(study, config, bank, on_trial=bar.advance if bar else None)
-    finally:
-        if bar:
-            bar.close()
-    if not sweep_finished(study, config.trials):
-        return None
-    return finalize(bank, study, config, out, progress)
-
-
-def _redact(url: str) -> str:
-    """A storage URL without its password, for files."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        credentials, host = rest.rsplit("@", 1)
-        return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
-    return url
-
-
 def finalize(bank: LoadedBank, study: optuna.Study, config: SweepConfig, out: Path, progress: bool = True) -> dict:
-    """Retrain the best setting with `config.seeds` seeds (reusing finished runs) and write summary.json."""
+    """Retrain the best setting with `config.seeds` seeds (reusing finished runs) and write summary.json and trials.csv.
+
+    Seed s sets both the initialisation and the data order (`seed` and `data_seed`), so the spread over seeds covers both.
+    """
     best = best_trial(study)
     if best is None:
         raise ValueError(f"study {study.study_name}: no completed, non-diverged trial to retrain")
     runs = []
     for seed in range(config.seeds):
         run = TrainConfig(probe=config.probe, probe_args=config.probe_args, epochs=config.epochs, batch_size=config.batch_size,
-                          lr=best.params["lr"], weight_decay=best.params["weight_decay"], seed=seed, device=config.device)
+                          lr=best.params["lr"], weight_decay=best.params["weight_decay"], seed=seed, data_seed=seed,
+                          device=config.device)
         runs.append((run, out / "final" / f"seed={seed}"))
     # finished seed runs of this setting are reused; a stale one (another setting or bank) is retrained
     # two workers finishing the last trials together both get here: the second waits for the first's runs
@@ -361,7 +587,7 @@ def finalize(bank: LoadedBank, study: optuna.Study, config: SweepConfig, out: Pa
         wait_seconds=WAIT_FOR_OTHER_WRITERS)
     finals = [Run(folder).metrics for _, folder in runs]
     trials = study.get_trials(deepcopy=False)
-    counted = [t for t in trials if not t.user_attrs.get("over_budget")]
+    counted = [t for t in trials if not (t.user_attrs.get("over_budget") or "duplicate_of" in t.user_attrs)]
     summary = {
         "probe": config.probe,
         "study": study.study_name,
@@ -377,9 +603,42 @@ def finalize(bank: LoadedBank, study: optuna.Study, config: SweepConfig, out: Pa
         "test": _mean_sd([f.split("test") for f in finals if not f.diverged and f.split("test")]),
         "valid": _mean_sd([f.split("valid") for f in finals if not f.diverged and f.split("valid")]),
         "train_seconds": [f.train_seconds for f in finals],
+        "pruner": config.pruner_settings(),
     }
+    write_trials_table(study, out / "trials.csv", best.number)
     write_json(out / "summary.json", summary)
     return summary
+
+
+TRIAL_COLUMNS = ("trial", "state", "lr", "weight_decay", "valid", "valid_loss", "pruned_at_epoch", "seconds", "note")
+
+
+def trial_rows(study: optuna.Study, best: int | None = None) -> list[dict]:
+    """One row per trial of the study (columns TRIAL_COLUMNS); `note` says best, over budget, duplicate, diverged or
+    reclaimed (a failed trial whose worker went silent)."""
+    rows = []
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        attrs = t.user_attrs
+        note = ("best" if t.number == best else "over budget (not run)" if attrs.get("over_budget")
+                else f"same setting as trial {attrs['duplicate_of']} (not run)" if "duplicate_of" in attrs
+                else f"diverged ({attrs['diverged']})" if attrs.get("diverged")
+                else "worker lost (reclaimed)" if t.state == TrialState.FAIL else "")
+        rows.append({"trial": t.number, "state": t.state.name.lower(), "lr": t.params.get("lr"),
+                     "weight_decay": t.params.get("weight_decay"), "valid": t.value, "valid_loss": attrs.get("valid_loss"),
+                     "pruned_at_epoch": attrs.get("pruned_at_epoch"), "seconds": attrs.get("seconds"), "note": note})
+    return rows
+
+
+def write_trials_table(study: optuna.Study, path: Path, best: int | None = None) -> None:
+    """`trial_rows` as a CSV file (written atomically)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=TRIAL_COLUMNS)
+            writer.writeheader()
+            writer.writerows(trial_rows(study, best))
+
+    atomic_write_with(path, write)
 
 
 def _mean_sd(rows: list[dict]) -> dict:
