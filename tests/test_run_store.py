@@ -187,6 +187,10 @@ def test_damaged_run_files_give_a_clear_error(loaded, tmp_path):
         Run(out).config
     result = CliRunner().invoke(app, ["analyze", str(out)])
     assert result.exit_code == 2 and "unreadable" in result.output and "Traceback" not in result.output
-    os.remove(out / "metrics.json")
+    with pytest.raises(RunError, match="holds a damaged run.*--overwrite"):
+        fit(loaded, [TrainConfig(**FAST)], [out], progress=False)
+    os.remove(out / "probe.safetensors")  # an older version's interrupted save: metrics beside missing weights
     result = CliRunner().invoke(app, ["export", str(out)])
-    assert result.exit_code == 2 and "not a finished run folder" in result.output
+    assert result.exit_code == 2 and "not a finished run folder (missing probe.safetensors)" in result.output
+    fit(loaded, [TrainConfig(**FAST)], [out], progress=False, overwrite=True)
+    assert Run(out).probe() is not None

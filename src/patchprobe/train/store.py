@@ -1,9 +1,15 @@
 """The run folder: one trained probe, its config, its scores and the bank it was trained on, as a typed store.
 
-    RUN/config.json         {"train": TrainConfig, "probe": architecture, "bank": BankIdentity, "library_version"}
-    RUN/metrics.json        {"<split>": {metric: value}, "probe", "num_parameters", "train_seconds", "diverged"}
-    RUN/history.json        [{"epoch", "loss", ...}, ...]
+    RUN/config.json         {"train": TrainConfig, "probe": architecture, "bank": BankIdentity, "library_version",
+                             "lr_selection": LrSelection or null}
+    RUN/metrics.json        {"<split>": {metric: value}, "probe", "num_parameters", "train_seconds", "diverged",
+                             "unstable", "warnings", "peak_epoch", "optimizer_steps"}
+    RUN/history.json        [{"epoch", "loss", "valid_<metric>" (with a valid split)}, ...]
     RUN/probe.safetensors   the probe's state dict
+    RUN/class_metrics.json  {"<split>": ClassMetrics (AP, AUROC, support per class; confusion matrix if multi-class)}
+    RUN/scores.npz          per evaluated split: "<split>/clip_ids" (N,), "<split>/labels" (N, C) uint8,
+                            "<split>/scores" (N, C) float16 probabilities (sigmoid; softmax if multi-class)
+    RUN/thresholds.json     DecisionThresholds: per-class decision thresholds fitted on valid
 
 `Run` is the only code that reads or writes these files. A run is written whole into a temporary
 sibling folder and renamed into place, so a reader (or a crash) sees the old run or the new one,
@@ -20,6 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.torch import load_file, save_file
@@ -30,10 +37,11 @@ from .._version import __version__
 from ..bank import BankIdentity
 from ..errors import RunError
 from ..probes import Probe, create_probe
-from .core import TrainConfig, TrainResult
+from .core import ClassMetrics, DecisionThresholds, LrSelection, SplitScores, TrainConfig, TrainResult, lr_grid
 
 CONFIG, METRICS, HISTORY, WEIGHTS = "config.json", "metrics.json", "history.json", "probe.safetensors"
-RUN_FILES = (CONFIG, METRICS, HISTORY, WEIGHTS)
+CLASS_METRICS, SCORES, THRESHOLDS = "class_metrics.json", "scores.npz", "thresholds.json"
+RUN_FILES = (CONFIG, METRICS, HISTORY, WEIGHTS, CLASS_METRICS, SCORES, THRESHOLDS)
 
 
 class ProbeArchitecture(BaseModel):
@@ -59,6 +67,7 @@ class RunRecord(BaseModel):
     probe: ProbeArchitecture
     bank: BankIdentity
     library_version: str = ""
+    lr_selection: LrSelection | None = None  # how lr "auto" chose `train.lr`; None when the rate was given
 
 
 class RunMetrics(BaseModel):
@@ -72,7 +81,11 @@ class RunMetrics(BaseModel):
     probe: str
     num_parameters: int
     train_seconds: float
-    diverged: str | None = None
+    diverged: str | None = None  # the loss became non-finite: training stopped, no scores
+    unstable: str | None = None  # the loss stayed finite but rose (see `train.trainer.loss_rise`): scores kept, not trusted
+    warnings: list[str] = []  # e.g. too few optimiser steps
+    peak_epoch: int | None = None  # epoch (from 1) where the valid metric peaked; training still ran every epoch
+    optimizer_steps: int | None = None
 
     @property
     def splits(self) -> dict[str, dict[str, Any]]:
@@ -90,17 +103,19 @@ class RunMetrics(BaseModel):
     def to_json(self) -> dict:
         # evaluated splits first, as runs have always been written
         return {**self.splits, "probe": self.probe, "num_parameters": self.num_parameters,
-                "train_seconds": self.train_seconds, "diverged": self.diverged}
+                "train_seconds": self.train_seconds, "diverged": self.diverged, "unstable": self.unstable,
+                "warnings": self.warnings, "peak_epoch": self.peak_epoch, "optimizer_steps": self.optimizer_steps}
 
 
-def _read(path: Path, model: type[BaseModel]) -> Any:
+def _read(path: Path, model: type[BaseModel] | None) -> Any:
+    """A run file parsed (and validated as `model`); RunError naming the file when it is unreadable."""
     try:
         raw = json.loads(path.read_text())
         return raw if model is None else model.model_validate(raw)
     except (OSError, ValueError, ValidationError) as exc:
         detail = exc.errors()[0] if isinstance(exc, ValidationError) else exc
-        raise RunError(f"{path}: unreadable or not a patchprobe run file ({detail}); delete the run folder "
-                       f"{path.parent} and train it again") from None
+        raise RunError(f"{path}: unreadable or not a patchprobe run file ({detail}); train the run again into "
+                       f"{path.parent} with --overwrite (overwrite=True)") from None
 
 
 class Run:
@@ -166,16 +181,62 @@ class Run:
 
     @property
     def history(self) -> list[dict]:
-        """Loss per epoch: [{"epoch", "loss", ...}]."""
+        """Loss (and valid metric) per epoch: [{"epoch", "loss", "valid_<metric>"}, ...]."""
         return _read(self.root / HISTORY, None) if (self.root / HISTORY).exists() else []
+
+    @property
+    def lr_selection(self) -> LrSelection | None:
+        """How lr "auto" chose the rate (grid, scores, chosen, edge), or None when the rate was given."""
+        return self.record.lr_selection
+
+    @property
+    def thresholds(self) -> DecisionThresholds:
+        """Per-class decision thresholds on the probabilities of `scores` (F1-optimal on valid; argmax for multi-class)."""
+        return _read(self._written_by_current(THRESHOLDS), DecisionThresholds)
+
+    def class_metrics(self, split: str) -> ClassMetrics:
+        """AP, AUROC and support per class (and the confusion matrix for multi-class data) on `split`."""
+        table = _read(self._written_by_current(CLASS_METRICS), None)
+        if split not in table:
+            raise RunError(f"{self.root / CLASS_METRICS}: no split {split!r} (has {', '.join(table) or 'none'})")
+        return ClassMetrics.model_validate(table[split])
+
+    def scores(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The probe's outputs per clip on `split`: (clip_ids (N,) str, labels (N, C) uint8, scores (N, C) float32).
+
+        Scores are probabilities (sigmoid per class; softmax for multi-class banks), stored as float16.
+        """
+        path = self._written_by_current(SCORES)
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                if f"{split}/scores" not in stored:
+                    held = sorted({key.split("/")[0] for key in stored.files})
+                    raise RunError(f"{path}: no split {split!r} (has {', '.join(held) or 'none'})")
+                return (stored[f"{split}/clip_ids"], stored[f"{split}/labels"], stored[f"{split}/scores"].astype(np.float32))
+        except (OSError, ValueError) as exc:
+            raise RunError(f"{path}: unreadable ({exc}); train the run again into {self.root} with --overwrite") from None
+
+    def _written_by_current(self, name: str) -> Path:
+        path = self.root / name
+        if not path.is_file():
+            reason = "the run diverged" if self.metrics.diverged else "the run was written by an older patchprobe"
+            raise RunError(f"{path}: missing ({reason}); train the run again into {self.root} with --overwrite (overwrite=True)")
+        return path
 
     @property
     def finished(self) -> bool:
         return self.is_finished(self.root)
 
     def matches(self, config: TrainConfig, bank: BankIdentity | None = None) -> bool:
-        """True when this run trained exactly `config` (and, given `bank`, on the same bank data)."""
-        if self.config != config:
+        """True when this run trained exactly `config` (and, given `bank`, on the same bank data).
+
+        A config with lr "auto" matches a run whose rate was chosen by "auto" over the same grid.
+        """
+        if config.lr == "auto" and config.solver == "adamw":
+            selection = self.lr_selection
+            if selection is None or selection.grid != lr_grid(config) or self.config != config.model_copy(update={"lr": self.config.lr}):
+                return False
+        elif self.config != config:
             return False
         return bank is None or self.bank.same_data(bank)
 
@@ -194,7 +255,9 @@ class Run:
         """This run as the TrainResult training returned (probe rebuilt on `device`, `reused` set)."""
         metrics = self.metrics
         return TrainResult(config=self.config, probe=self.probe(device), metrics=metrics.splits, history=self.history,
-                           seconds=metrics.train_seconds, diverged=metrics.diverged, reused=True)
+                           seconds=metrics.train_seconds, diverged=metrics.diverged, reused=True, unstable=metrics.unstable,
+                           warnings=list(metrics.warnings), peak_epoch=metrics.peak_epoch, optimizer_steps=metrics.optimizer_steps,
+                           lr_selection=self.lr_selection)
 
     def __repr__(self) -> str:
         return f"Run({str(self.root)!r})"
@@ -216,13 +279,16 @@ class Run:
         """
         root = Path(root)
         if Run.is_finished(root):
-            existing = Run(root)
-            if existing.matches(config, bank):
-                return existing
+            try:
+                existing = Run(root)
+                if existing.matches(config, bank):
+                    return existing
+                held = f"a finished run of another setting ({_describe(existing.config)} on {existing.bank.dataset}/{existing.bank.encoder})"
+            except RunError as exc:  # a damaged run (e.g. left by an older version's interrupted save)
+                held = f"a damaged run ({exc})"
             if not overwrite:
-                raise RunError(f"{root}: holds a finished run of another setting ({_describe(existing.config)} on "
-                               f"{existing.bank.dataset}/{existing.bank.encoder}); pass --overwrite (overwrite=True) to replace "
-                               "it, or choose another output folder")
+                raise RunError(f"{root}: holds {held}; pass --overwrite (overwrite=True) to replace it, or choose another "
+                               "output folder")
             return None
         if root.exists() and not root.is_dir():
             raise RunError(f"{root}: exists and is not a folder; choose another output folder")
@@ -265,21 +331,41 @@ class Run:
 
 
 def _describe(config: TrainConfig) -> str:
-    return f"probe {config.probe}, lr {config.lr:g}, weight decay {config.weight_decay:g}, seed {config.seed}, {config.epochs} epochs"
+    return f"probe {config.probe}, lr {config.lr_text}, weight decay {config.weight_decay:g}, seed {config.seed}, {config.epochs} epochs"
 
 
 def _write_files(folder: Path, result: TrainResult, bank: BankIdentity) -> None:
     probe = result.probe
     architecture = {"name": result.config.probe, **probe.architecture(), "probe_args": result.config.probe_args,
                     "num_parameters": probe.num_parameters()}
-    record = {"train": result.config.model_dump(), "probe": architecture, "bank": bank.model_dump(), "library_version": __version__}
+    record = {"train": result.config.model_dump(mode="json"), "probe": architecture, "bank": bank.model_dump(),
+              "library_version": __version__,
+              "lr_selection": None if result.lr_selection is None else result.lr_selection.model_dump(mode="json")}
     metrics = RunMetrics(**result.metrics, probe=result.config.probe, num_parameters=architecture["num_parameters"],
-                         train_seconds=result.seconds, diverged=result.diverged)
+                         train_seconds=result.seconds, diverged=result.diverged, unstable=result.unstable,
+                         warnings=result.warnings, peak_epoch=result.peak_epoch, optimizer_steps=result.optimizer_steps)
     state = {k: v.detach().cpu().contiguous() for k, v in probe.state_dict().items()}
     _save_weights(state, folder / WEIGHTS)
     write_json(folder / HISTORY, result.history)
+    if result.class_metrics:
+        write_json(folder / CLASS_METRICS, {name: table.model_dump() for name, table in result.class_metrics.items()})
+    if result.scores:
+        _save_scores(result.scores, folder / SCORES)
+    if result.thresholds is not None:
+        write_json(folder / THRESHOLDS, result.thresholds.model_dump())
     write_json(folder / CONFIG, record)
     write_json(folder / METRICS, metrics.to_json())
+
+
+def _save_scores(scores: dict[str, SplitScores], path: Path) -> None:
+    arrays = {}
+    for name, split in scores.items():
+        arrays[f"{name}/clip_ids"] = np.asarray(split.clip_ids, dtype=str)
+        arrays[f"{name}/labels"] = np.asarray(split.labels, dtype=np.uint8)
+        arrays[f"{name}/scores"] = np.asarray(split.scores, dtype=np.float16)
+    with open(path, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+    _fsync_file(path)
 
 
 def _save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
