@@ -13,7 +13,7 @@ from . import conv as _conv  # noqa: F401
 from . import attentive as _attentive  # noqa: F401
 from . import prototypes as _prototypes  # noqa: F401
 from .attentive import ABMILProbe, AttentiveProbe, EfficientProbe, MHCAProbe, SimPoolProbe
-from .base import FAMILY_ORDER, PROBES, Probe, ProbeRegistry, ProbeSpec, Standardizer, create_probe, masked_mean
+from .base import FAMILY_ORDER, PROBES, Probe, ProbeRegistry, ProbeSpec, Standardizer, create_probe, masked_mean, shared_pooled_inputs
 from .conv import ConvProbe
 from .linear import FrequencyPoolProbe, LinearConcatProbe, LinearPreNormProbe, LinearProbe, MLPProbe
 from .prototypes import PrototypeProbe, ProtoBinProbe, ProtoFloatProbe, ProtoProbe, binarize
@@ -24,5 +24,5 @@ __all__ = [
     "ABMILProbe", "AttentiveProbe", "ConvProbe", "EfficientProbe", "FAMILIES", "FAMILY_ORDER", "FrequencyPoolProbe",
     "LinearConcatProbe", "LinearPreNormProbe", "LinearProbe", "MHCAProbe", "MLPProbe", "PROBES", "Probe",
     "ProbeRegistry", "ProbeSpec", "ProtoBinProbe", "ProtoFloatProbe", "ProtoProbe", "PrototypeProbe", "SimPoolProbe", "binarize",
-    "Standardizer", "create_probe", "masked_mean",
+    "Standardizer", "create_probe", "masked_mean", "shared_pooled_inputs",
 ]

@@ -26,6 +26,9 @@ class Probe(nn.Module):
     uses_tokens: bool = True  # False for heads that read only the global vector
     uses_global: bool = False  # True for heads that read the global vector
     supports_lbfgs: bool = False  # True for a fixed pooled vector + linear head (`features()`, `head`)
+    # The `LoadedSplit.pooled` kinds ("global", "mean", "freqmean") a head reads when it reads nothing
+    # else: training then feeds it vectors pooled once per split (`forward_pooled`) instead of token maps.
+    pooled_inputs: tuple[str, ...] | None = None
 
     def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0) -> None:
         super().__init__()
@@ -50,6 +53,17 @@ class Probe(nn.Module):
             {"params": decay, "lr": lr, "weight_decay": weight_decay},
             {"params": no_decay, "lr": lr, "weight_decay": 0.0},
         ]
+
+    def forward_pooled(self, pooled: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits from pooled inputs {kind: (B, H)} (kinds: `pooled_inputs`), equal to `forward` on the token maps."""
+        raise NotImplementedError(f"{self.name} reads token maps, not pooled vectors (pooled_inputs is None)")
+
+    def forward_batch(self, batch: dict, device: str | torch.device) -> torch.Tensor:
+        """Logits (B, C) of a `LoadedSplit.batch` moved to `device`: its pooled inputs when it carries them, else its tokens."""
+        if batch.get("pooled") is not None:
+            return self.forward_pooled({kind: value.to(device) for kind, value in batch["pooled"].items()})
+        global_vector = None if batch["global"] is None else batch["global"].to(device)
+        return self(batch["tokens"].to(device), batch["mask"].to(device), global_vector)
 
     def auxiliary_loss(self) -> torch.Tensor | None:
         """Extra loss term added by the trainer (e.g. an orthogonality penalty); None when absent."""
@@ -85,6 +99,14 @@ class Standardizer(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return (features - self.mean) / self.std
+
+
+def shared_pooled_inputs(probes: list[Probe]) -> tuple[str, ...] | None:
+    """The pooled kinds a batch must carry for `probes` to train on pooled vectors alone, or None when
+    one of them reads token maps (then every probe gets the tokens)."""
+    if not probes or any(probe.pooled_inputs is None for probe in probes):
+        return None
+    return tuple(dict.fromkeys(kind for probe in probes for kind in probe.pooled_inputs))
 
 
 def require_global(probe: Probe, global_vector: torch.Tensor | None) -> torch.Tensor:

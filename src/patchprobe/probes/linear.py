@@ -52,6 +52,13 @@ class _PooledHead(Probe, ABC):
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor, global_vector: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.features(tokens, mask, global_vector))
 
+    def pooled_vector(self, pooled: dict[str, torch.Tensor]) -> torch.Tensor:
+        """h from the split's pooled inputs (`pooled_inputs`); the same as `pool` on the token maps: (B, H)."""
+        return torch.cat([pooled[kind] for kind in self.pooled_inputs], dim=-1)
+
+    def forward_pooled(self, pooled: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self.norm(self.pooled_vector(pooled)))
+
 
 @PROBES.register("linear", "linear layer on the [cls]/global vector (mean of tokens if none)",
                  family="fixed", lr_range=(1e-3, 1.0), lr_grid=[3e-3, 1e-2, 3e-2, 1e-1, 3e-1])
@@ -66,6 +73,7 @@ class LinearProbe(_PooledHead):
         on_global = bool(use_global and global_dim)
         super().__init__(token_dim, num_classes, global_dim, freq_tokens, global_dim if on_global else token_dim)
         self.uses_global, self.uses_tokens = on_global, not on_global
+        self.pooled_inputs = ("global",) if on_global else ("mean",)
 
     def pool(self, tokens, mask, global_vector):
         return _global_or_mean(self, tokens, mask, global_vector)
@@ -87,6 +95,7 @@ class MLPProbe(Probe):
         super().__init__(token_dim, num_classes, global_dim, freq_tokens)
         self.uses_global = bool(use_global and global_dim)
         self.uses_tokens = not self.uses_global
+        self.pooled_inputs = ("global",) if self.uses_global else ("mean",)
         features = global_dim if self.uses_global else token_dim
         self.hidden = hidden or features
         self.norm = Standardizer(features)
@@ -102,6 +111,9 @@ class MLPProbe(Probe):
     def forward(self, tokens, mask, global_vector=None):
         return self.head(self.mlp(self.norm(self._pool(tokens, mask, global_vector))))
 
+    def forward_pooled(self, pooled):
+        return self.head(self.mlp(self.norm(pooled[self.pooled_inputs[0]])))
+
 
 @PROBES.register("linearc", "linear layer on [global vector ‖ mean of tokens]",
                  family="fixed", lr_range=(1e-3, 1.0), lr_grid=[3e-3, 1e-2, 3e-2, 1e-1, 3e-1])
@@ -115,6 +127,7 @@ class LinearConcatProbe(_PooledHead):
     def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0) -> None:
         super().__init__(token_dim, num_classes, global_dim, freq_tokens, global_dim + token_dim)
         self.uses_global = global_dim > 0
+        self.pooled_inputs = ("global", "mean") if self.uses_global else ("mean",)
 
     def pool(self, tokens, mask, global_vector):
         mean = masked_mean(tokens, mask)
@@ -130,7 +143,8 @@ class LinearPreNormProbe(Probe):
     large norms (a common direction shared by all tokens) no longer dominate the mean. Unlike the other
     heads it gets no training-split standardisation: its pooled vector moves as LN learns, and fixed
     statistics (the pooled LN'd tokens vary little across clips) amplified that drift until training
-    diverged (tests/test_train.py). Parameters: 2 D + (D + 1) C.
+    diverged (tests/test_train.py). Parameters: 2 D + (D + 1) C. Its LayerNorm acts on every token
+    before pooling, so it cannot train on vectors pooled once (`pooled_inputs` stays None).
     """
 
     def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0) -> None:
@@ -156,6 +170,7 @@ class FrequencyPoolProbe(_PooledHead):
         if freq_tokens < 1:
             raise ValueError("freqpool needs freq_tokens (F of the bank's token grid); create it through `fit`/`train_probes`, or pass freq_tokens=F")
         super().__init__(token_dim, num_classes, global_dim, freq_tokens, freq_tokens * token_dim)
+        self.pooled_inputs = ("freqmean",)
 
     def pool(self, tokens, mask, global_vector):
         batch, _, freq, dim = tokens.shape

@@ -11,7 +11,7 @@ import torch
 
 from .._progress import ProgressBar
 from ..bank import LoadedSplit
-from ..probes import Probe
+from ..probes import Probe, shared_pooled_inputs
 from .core import TrainConfig, TrainResult, build_probe, evaluate, loss_name, optional_to
 from .lbfgs import fit_lbfgs
 from .losses import LOSSES
@@ -97,7 +97,8 @@ def _train_group(train: LoadedSplit, configs, epochs, batch_size, data_seed, pro
             index = order[start : start + batch_size]
             if len(index) < 2:  # BatchNorm cannot train on one sample
                 continue
-            batch = train.batch(index.to(train.tokens.device))
+            # heads that read only pooled vectors get those (pooled once per split), not the token maps
+            batch = train.batch(index.to(train.tokens.device), pooled=shared_pooled_inputs([m["probe"] for m in members]))
             for slot, member in enumerate(members):
                 if member["diverged"]:
                     continue
@@ -134,7 +135,7 @@ def _step(member: dict, batch: dict, step: int, total: int, steps_per_epoch: int
     factor = _lr_factor(step, total, int(round(config.warmup_epochs * steps_per_epoch)))
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] * factor
-    logits = probe(batch["tokens"].to(device), batch["mask"].to(device), optional_to(batch["global"], device))
+    logits = probe.forward_batch(batch, device)
     loss = member["loss"](logits, batch["labels"].to(device))
     auxiliary = probe.auxiliary_loss()
     if auxiliary is not None:
