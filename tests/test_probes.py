@@ -237,3 +237,33 @@ def test_probe_registration_checks_its_description():
         registry.register("other", family="fixed", lr_range=(1.0, 1e-3), lr_grid=[1e-2])
     with pytest.raises(RegistryError, match="unknown probe 'nope'; available: mean"):
         registry.spec("nope")
+
+
+def test_chunked_max_similarity_equals_the_full_max_with_gradients():
+    from patchprobe.probes.prototypes import chunked_max_similarity
+
+    torch.manual_seed(3)
+    tokens = torch.randn(3, 11, 6, dtype=torch.float64, requires_grad=True)
+    prototypes = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(3, 11) > 0.3
+    mask[2] = False  # a clip without a valid token: -inf, no gradient
+    upstream = torch.randn(3, 5, dtype=torch.float64)
+    full = (tokens @ prototypes.T).masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(dim=1)
+    full_grads = torch.autograd.grad(full.masked_fill(torch.isinf(full), 0).mul(upstream).sum(), [tokens, prototypes])
+    for block in (1, 7, 15, 10_000):  # one token per block, blocks that split clips unevenly, one block
+        chunked = chunked_max_similarity(tokens, mask, prototypes, block=block)
+        torch.testing.assert_close(chunked, full)
+        grads = torch.autograd.grad(chunked.masked_fill(torch.isinf(chunked), 0).mul(upstream).sum(), [tokens, prototypes])
+        for ours, theirs in zip(grads, full_grads):
+            torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("name", ["proto", "protobin", "protofloat"])
+def test_prototype_descriptor_equals_the_max_of_the_full_similarity_map(name):
+    tokens, mask, _ = batch()
+    probe = make(name, prototypes_per_class=2)
+    full = probe.similarities(tokens, mask).amax(dim=(1, 2))
+    full_grad = torch.autograd.grad(full.sum(), probe.prototypes)[0]
+    chunked = probe.descriptor(tokens, mask)
+    torch.testing.assert_close(chunked, full)
+    torch.testing.assert_close(torch.autograd.grad(chunked.sum(), probe.prototypes)[0], full_grad)

@@ -4,7 +4,8 @@
 binarization, to isolate what binarization does) and `proto` (float, class-owned prototypes with an
 orthogonality loss, as in AudioProtoPNet / Bird-MAE prototypical probing).
 
-Each exposes `similarities(tokens, mask) -> (B, T, F, M)`, `prototype_vectors() -> (M, D)` (what the
+Each exposes `similarities(tokens, mask) -> (B, T, F, M)` (the full map, for analysis; training takes
+the max over tokens in blocks and never holds it), `prototype_vectors() -> (M, D)` (what the
 forward pass compares tokens with) and `class_contributions(descriptor, classes) -> (B, M)` (how much
 each prototype adds to the logit of one class per clip), which `patchprobe analyze` uses.
 """
@@ -48,11 +49,78 @@ def binarize(weights: torch.Tensor) -> torch.Tensor:
     return _SignStraightThrough.apply(weights)
 
 
+# Similarity values (clips x tokens x prototypes) held at once by the chunked max over tokens: 2^24
+# float32 values = 64 MB, whatever the batch, clip length and prototype count.
+SIMILARITY_BLOCK = 1 << 24
+
+
+class _ChunkedMaxSimilarity(torch.autograd.Function):
+    """max over valid tokens of <z_n, p_m>, computed a block of tokens at a time, and its gradient.
+
+    Forward keeps only the running max and the token that holds it ((B, M) each), never the
+    (B, N, M) similarities. Backward uses that the max's gradient flows through its winning token
+    alone: dL/dp_m = sum_b g_bm z_{b, n*(b,m)}, dL/dz_{b,n} = sum_{m: n*(b,m) = n} g_bm p_m, a gather
+    and a scatter of B M D values instead of two (B, N, M) x D matrix products. Where several
+    tokens tie for the max, the first wins (amax would share the gradient among them; the prototype
+    gradient is the same when the tied tokens are equal, the usual way ties arise).
+    """
+
+    @staticmethod
+    def forward(ctx, tokens, mask, prototypes, block):
+        batch, count, _ = tokens.shape
+        step = max(1, block // max(1, batch * prototypes.shape[0]))
+        best = tokens.new_full((batch, prototypes.shape[0]), float("-inf"))
+        where = torch.zeros(best.shape, dtype=torch.long, device=tokens.device)
+        transposed = prototypes.T
+        for start in range(0, count, step):
+            sims = torch.matmul(tokens[:, start : start + step], transposed)  # (B, n, M)
+            sims.masked_fill_(~mask[:, start : start + step, None], float("-inf"))
+            values, index = sims.max(dim=1)
+            better = values > best
+            best = torch.where(better, values, best)
+            where = torch.where(better, index + start, where)
+        ctx.block = block
+        ctx.save_for_backward(tokens, prototypes, where, best)
+        return best
+
+    @staticmethod
+    def backward(ctx, grad):
+        tokens, prototypes, where, best = ctx.saved_tensors
+        grad = grad.masked_fill(torch.isinf(best), 0.0)  # a clip without a valid token sends no gradient
+        batch, _, dim = tokens.shape
+        step = max(1, ctx.block // max(1, prototypes.shape[0] * dim))
+        grad_tokens = torch.zeros_like(tokens) if ctx.needs_input_grad[0] else None
+        grad_prototypes = torch.zeros_like(prototypes) if ctx.needs_input_grad[2] else None
+        for start in range(0, batch, step):
+            rows = slice(start, start + step)
+            winners = where[rows, :, None].expand(-1, -1, dim)  # (b, M, D)
+            if grad_prototypes is not None:
+                grad_prototypes += torch.einsum("bm,bmd->md", grad[rows], torch.gather(tokens[rows], 1, winners))
+            if grad_tokens is not None:
+                grad_tokens[rows].scatter_add_(1, winners, grad[rows, :, None] * prototypes[None])
+        return grad_tokens, None, grad_prototypes, None
+
+
+def chunked_max_similarity(tokens: torch.Tensor, mask: torch.Tensor, prototypes: torch.Tensor,
+                           block: int = SIMILARITY_BLOCK) -> torch.Tensor:
+    """s_bm = max over valid n of <tokens_bn, prototypes_m>, at most `block` similarities in memory at once.
+
+    tokens: (B, N, D); mask: (B, N) bool; prototypes: (M, D) -> (B, M) (-inf for a clip without a
+    valid token). Equal to `(tokens @ prototypes.T).masked_fill(~mask, -inf).amax(1)`, gradients included.
+    """
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        # Export paths: plain graph ops (exporters cannot trace autograd Functions).
+        return (tokens @ prototypes.T).masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(dim=1)
+    return _ChunkedMaxSimilarity.apply(tokens, mask, prototypes, block)
+
+
 class PrototypeProbe(Probe, ABC):
     """Base of heads that compare every token with M prototypes and keep the best match per prototype.
 
-    A subclass defines `token_similarities` (the comparison), `classify` (descriptor -> logits) and
-    `class_contributions`; masking, the max over tokens and `forward` are shared.
+    A subclass defines `similarity_operands` and `similarity_transform` (the comparison: a transform,
+    non-decreasing, of a dot product), `classify` (descriptor -> logits) and `class_contributions`;
+    masking, the max over tokens (chunked: memory bounded by `SIMILARITY_BLOCK`, not B x T F x M) and
+    `forward` are shared.
     """
 
     def __init__(self, token_dim: int, num_classes: int, global_dim: int, freq_tokens: int, prototypes_per_class: int) -> None:
@@ -67,8 +135,17 @@ class PrototypeProbe(Probe, ABC):
         """The vectors tokens are compared with in the forward pass: (M, D)."""
 
     @abstractmethod
+    def similarity_operands(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens (B, T, F, D'), prototypes (M, D')) whose dot products the similarity transforms."""
+
+    def similarity_transform(self, products: torch.Tensor) -> torch.Tensor:
+        """Similarity from dot products, element-wise and non-decreasing (so it commutes with the max). Default: identity."""
+        return products
+
     def token_similarities(self, tokens: torch.Tensor) -> torch.Tensor:
         """Similarity of every token to every prototype, padding included: (B, T, F, D) -> (B, T, F, M)."""
+        operands, prototypes = self.similarity_operands(tokens)
+        return self.similarity_transform(operands @ prototypes.T)
 
     @abstractmethod
     def classify(self, descriptor: torch.Tensor) -> torch.Tensor:
@@ -87,8 +164,15 @@ class PrototypeProbe(Probe, ABC):
         return self.token_similarities(tokens).masked_fill(~mask.unsqueeze(-1), float("-inf"))
 
     def descriptor(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """s_m = max over valid tokens of the similarity to prototype m: (B, M)."""
-        return self.similarities(tokens, mask).amax(dim=(1, 2))
+        """s_m = max over valid tokens of the similarity to prototype m: (B, M) (-inf for a clip without valid tokens).
+
+        The max over dot products is taken in blocks of tokens (`chunked_max_similarity`), then
+        transformed: equal to `similarities(tokens, mask).amax(dim=(1, 2))`, never holding (B, T F, M).
+        """
+        operands, prototypes = self.similarity_operands(tokens)
+        batch = operands.shape[0]
+        products = chunked_max_similarity(operands.reshape(batch, -1, operands.shape[-1]), mask.reshape(batch, -1), prototypes)
+        return torch.where(torch.isinf(products), products, self.similarity_transform(products))
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor, global_vector: torch.Tensor | None = None) -> torch.Tensor:
         return self.classify(self.descriptor(tokens, mask))
@@ -129,8 +213,11 @@ class ProtoProbe(PrototypeProbe):
     def prototype_vectors(self) -> torch.Tensor:
         return self.prototypes
 
-    def token_similarities(self, tokens):
-        return torch.relu((self._with_eps(tokens) @ self._with_eps(self.prototypes).T) / 1.01)
+    def similarity_operands(self, tokens):
+        return self._with_eps(tokens), self._with_eps(self.prototypes)
+
+    def similarity_transform(self, products):
+        return torch.relu(products / 1.01)
 
     def classify(self, descriptor):
         per_class = descriptor.reshape(-1, self.num_classes, self.prototypes_per_class)
@@ -184,8 +271,8 @@ class ProtoBinProbe(PrototypeProbe):
     def prototype_vectors(self) -> torch.Tensor:
         return binarize(self.prototypes) if self.binary else self.prototypes
 
-    def token_similarities(self, tokens):
-        return F.normalize(tokens, dim=-1) @ F.normalize(self.prototype_vectors(), dim=-1).T
+    def similarity_operands(self, tokens):
+        return F.normalize(tokens, dim=-1), F.normalize(self.prototype_vectors(), dim=-1)
 
     def classify(self, descriptor):
         return self.head(self.dropout(descriptor))
