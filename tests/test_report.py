@@ -196,8 +196,11 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
 def test_results_table_round_trip(tmp_path):
     table = synthetic_table()
     table.drop(columns=["probe_name", "run"]).to_parquet(tmp_path / "results.parquet", index=False)
-    read = read_results([tmp_path / "results.parquet"])
-    assert len(read.table) == len(table) and "does not say where its runs are" in read.notes[0]
+    table.drop(columns=["probe_name"]).to_csv(tmp_path / "results.csv", index=False)  # the run column empty
+    for name in ("results.parquet", "results.csv"):
+        read = read_results([tmp_path / name])
+        assert len(read.table) == len(table) and "does not say where its runs are" in read.notes[0]
+        assert (read.table["run"] == "").all() and read.table["value"].tolist() == table["value"].tolist()
 
 
 # --- the page in a real browser ---------------------------------------------------------------------
@@ -250,3 +253,31 @@ def test_page_in_headless_chromium(tmp_path):
     subprocess.run([browser, *offline, f"--screenshot={shot}", "--window-size=1280,1600", (tmp_path / "out" / "index.html").as_uri()],
                    capture_output=True, timeout=180)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_of_a_grid_file_and_of_one_sweep_folder(tmp_path):
+    import yaml
+
+    from patchprobe.bench import run_grid
+    from patchprobe.train import Run
+
+    grid = {"name": "t", "trials": 2, "epochs": 1, "seeds": 2, "probes": ["linear", "protobin"],
+            "encoders": [{"name": "toy-vit", "args": {"width": 32, "depth": 1, "heads": 2}}],
+            "datasets": [{"name": "ml", "dataset": "synthetic",
+                          "options": {"root": "data/ml", "sizes": {"train": 24, "valid": 8, "test": 8}, "clip_seconds": 1.5}}]}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    run_grid(path, progress=False, log=lambda *_: None)
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", str(path), "--out", str(tmp_path / "from-grid"), "--resamples", "20"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "from-grid" / "report.json").read_text())
+    assert report["runs"] == 4 and report["encoders"] == ["toy-vit"] and report["datasets"] == ["ml"]
+    assert report["bootstrap"]["cells_with_scores"] == (2 if hasattr(Run, "scores") else 0)
+    assert "search time" in (tmp_path / "from-grid" / "tables.md").read_text()
+    # one sweep folder: its two final seed runs, and the search time its summary.json records
+    result = runner.invoke(app, ["report", str(tmp_path / "runs" / "toy-vit" / "ml" / "protobin"), "--out", str(tmp_path / "one")])
+    assert result.exit_code == 0, result.output
+    one = json.loads((tmp_path / "one" / "report.json").read_text())
+    assert one["runs"] == 2 and one["probes"] == ["protobin"] and "win_matrix" not in one
+    assert MISSING not in (tmp_path / "one" / "tables.md").read_text().split("search time")[1].splitlines()[0]

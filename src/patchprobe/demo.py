@@ -20,7 +20,7 @@ from .bank import Bank, LoadedBank, extract_bank
 from .datasets import SyntheticConfig, load_synthetic_dataset
 from .encoders import create_encoder
 from .probes import PROBES
-from .report import grouped_bar_chart, markdown_table, ranked_bar_chart
+from .report import ReportConfig, grouped_bar_chart, markdown_table, ranked_bar_chart, write_report
 from .sweep import grid_then_seeds, seed_summary
 from .train import Run, TrainConfig, fit, primary_metric, search_l2
 
@@ -121,7 +121,8 @@ def _say(message: str, console) -> None:
 
 
 def run_demo(config: DemoConfig, progress: bool = True, console=None) -> dict:
-    """Run the demo end to end and write `summary.json`, `results.md` and `demo_results.png` under `config.out`.
+    """Run the demo end to end and write `summary.json`, `results.md`, `demo_results.png` and `report/` (the
+    `patchprobe report` page of its runs) under `config.out`.
 
     Returns:
         the summary dict (also written to summary.json).
@@ -159,6 +160,9 @@ def run_demo(config: DemoConfig, progress: bool = True, console=None) -> dict:
     write_json(out / "summary.json", summary)
     (out / "results.md").write_text(results_markdown(summary) + "\n")
     _figure(summary, out / "demo_results.png")
+    # the comparison as the paper shows it, read back from the folder just written (as `patchprobe report` would)
+    write_report([out], out / "report", ReportConfig(title=f"patchprobe demo: {encoder.name} on synthetic events"))
+    _say(f"report: {out / 'report' / 'index.html'} (tables, figures and statistics; opens offline)", console)
     return summary
 
 

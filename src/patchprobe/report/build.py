@@ -7,7 +7,6 @@ number the page shows) and index.html (everything embedded; opens offline).
 
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 
@@ -148,9 +147,7 @@ def _esc(text: str) -> str:
 def _figure(figure, out: Path, stem: str, title: str, how_to_read: str, rests_on: str, report: dict) -> PageFigure:
     paths = paper_figures.save_all(figure, out / stem)
     report["figures"][stem] = {"files": [p.name for p in paths.values()], "rests_on": rests_on}
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)  # the page's copy: smaller than the 150-dpi file, same drawing
-    return PageFigure(title, buffer.getvalue(), how_to_read, rests_on, [p.name for p in paths.values()])
+    return PageFigure(title, paths["png"].read_bytes(), how_to_read, rests_on, [p.name for p in paths.values()])
 
 
 def _family(probe_name: str) -> str:

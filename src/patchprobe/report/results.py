@@ -85,7 +85,8 @@ def _read_table(path: Path) -> tuple[pd.DataFrame, list[str]]:
     for column in COLUMNS:
         if column not in frame.columns:
             frame[column] = {"probe_name": frame["probe"], "run": ""}.get(column, np.nan)
-    notes = [] if (frame["run"].astype(str) != "").any() else [
+    frame["run"] = [run if isinstance(run, str) else "" for run in frame["run"]]  # an empty CSV field reads as NaN
+    notes = [] if (frame["run"] != "").any() else [
         f"{path.name} does not say where its runs are, so per-clip scores cannot be read from it "
         "(pass the grid file instead)"]
     return frame[COLUMNS], notes
