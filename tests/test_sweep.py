@@ -165,6 +165,7 @@ def postgres():
         cluster.close()
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_postgres_study_without_duplicates(bank, tmp_path, postgres):
     workers = [_worker(bank, tmp_path / "out", postgres, trials=10) for _ in range(2)]
     for worker in workers:
@@ -181,6 +182,7 @@ def test_two_workers_share_one_postgres_study_without_duplicates(bank, tmp_path,
     assert summary["trials"]["complete"] + summary["trials"]["pruned"] == 10
 
 
+@pytest.mark.slow
 def test_a_killed_worker_loses_no_finished_trial(bank, tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     fast_heartbeat = ", heartbeat_seconds=1, grace_seconds=2, prune=False"
@@ -223,7 +225,7 @@ def test_a_trial_orphaned_before_its_first_heartbeat_is_failed(tmp_path):
     """A worker killed between creating a trial and its first heartbeat: Optuna never sees it as stale."""
     from patchprobe.sweep.search import _fail_orphans
 
-    study = open_study(SweepConfig(probe="linear", trials=2, heartbeat_seconds=1, grace_seconds=1), f"sqlite:///{tmp_path / 's.db'}", "o")
+    study = open_study(SweepConfig(probe="linear", trials=2, heartbeat_seconds=1, grace_seconds=2), f"sqlite:///{tmp_path / 's.db'}", "o")
     with pytest.warns(UserWarning, match="Heartbeat"):  # ask() outside optimize(): no heartbeat, as in the window
         orphan = study.ask()  # RUNNING, never marked started
     _fail_orphans(study, 1)
