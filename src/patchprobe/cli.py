@@ -643,16 +643,23 @@ def export(
     run: Path = typer.Argument(..., help="run folder written by `patchprobe train`"),
     format: str = typer.Option("packed", "--format", help="packed (protobin: 1 bit per prototype entry) or onnx (any probe)"),
     out: Optional[Path] = typer.Option(None, help="output file (default: inside the run folder)"),
+    with_encoder: bool = typer.Option(False, "--with-encoder", help="ONNX from waveform to class scores: fbank front-end + encoder + probe (fbank ViTs: tiny-mae, EAT, SSLAM, Audio-MAE, ASiT, Bird-MAE)"),
+    encoder_arg: Optional[list[str]] = typer.Option(None, help="encoder argument KEY=VALUE the bank was extracted with (e.g. checkpoint=PATH)"),
 ) -> None:
-    """Export a trained probe for deployment; ONNX exports are checked against PyTorch with onnxruntime."""
+    """Export a trained probe (or, --with-encoder, the whole pipeline) for deployment; ONNX exports are checked
+    against PyTorch with onnxruntime and carry the class names and encoder settings as metadata."""
     from .export import export_run
 
-    result = export_run(run, format, out)
+    result = export_run(run, format, out, with_encoder=with_encoder, encoder_args=_parse_pairs(encoder_arg, "--encoder-arg"))
     console.print(f"wrote {result['path']} ({_bytes(result['bytes'])})")
     if "prototype_bytes" in result:
         ratio = result["float32_prototype_bytes"] / result["prototype_bytes"]
         console.print(f"prototypes: {_bytes(result['prototype_bytes'])} packed vs {_bytes(result['float32_prototype_bytes'])} as float32 ({ratio:.0f}x smaller)")
-    if "max_abs_diff" in result:
+    if "checked" in result:
+        console.print(f"input: {result['statement']}")
+        console.print("onnxruntime vs PyTorch (encoder + probe) on clips of " + ", ".join(
+            f"{seconds} s: {diff:.2e}" for seconds, diff in result["checked"].items()) + " (max |score difference|)")
+    elif "max_abs_diff" in result:
         console.print(f"onnxruntime vs PyTorch on random inputs: max |logit difference| = {result['max_abs_diff']:.2e}")
 
 
