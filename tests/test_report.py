@@ -281,3 +281,16 @@ def test_report_of_a_grid_file_and_of_one_sweep_folder(tmp_path):
     one = json.loads((tmp_path / "one" / "report.json").read_text())
     assert one["runs"] == 2 and one["probes"] == ["protobin"] and "win_matrix" not in one
     assert MISSING not in (tmp_path / "one" / "tables.md").read_text().split("search time")[1].splitlines()[0]
+
+
+def test_the_demo_ends_with_its_report(tmp_path):
+    from patchprobe.demo import DemoConfig, run_demo
+
+    config = DemoConfig(encoder="toy-vit", out=tmp_path / "demo", sizes={"train": 16, "valid": 8, "test": 8}, clip_seconds=1.5,
+                        epochs=1, kinds=["multilabel"], probes=["linear", "protobin"], converged_baseline=False,
+                        lr_grid={"linear": [1e-2], "protobin": [1e-2]}, prototypes_per_class=2)
+    run_demo(config, progress=False)
+    report = json.loads((tmp_path / "demo" / "report" / "report.json").read_text())
+    assert report["probes"] == ["linear", "protobin"] and report["runs"] == 2 and report["encoders"] == ["toy-vit"]
+    page = (tmp_path / "demo" / "report" / "index.html").read_text()
+    assert "patchprobe demo: toy-vit on synthetic events" in page and "demo folder: 2 runs" in page
