@@ -6,7 +6,7 @@ import torch
 
 from patchprobe.probes import PROBES
 from patchprobe.bank import LoadedBank
-from patchprobe.train import TrainConfig, fit, load_probe, predict, train_probes
+from patchprobe.train import Run, TrainConfig, fit, load_probe, predict, train_probes
 
 
 @pytest.fixture
@@ -48,7 +48,9 @@ def test_fit_writes_a_reproducible_run_folder(bank, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["test"]) >= {"map", "auroc"} and "valid" in metrics
     saved = json.loads((out / "config.json").read_text())
-    assert TrainConfig(**saved["train"]) == config
+    # lr "auto" (the default): the saved config holds the chosen rate, the run the choice
+    assert TrainConfig(**saved["train"]) == config.model_copy(update={"lr": result.config.lr})
+    assert saved["lr_selection"]["chosen"] == result.config.lr and Run(out).matches(config)
     assert saved["bank"]["encoder"] == "toy-vit" and saved["probe"]["num_parameters"] == result.probe.num_parameters()
     reloaded = load_probe(out)
     test = LoadedBank.load(bank)["test"]

@@ -20,6 +20,21 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Probe frozen
 console = Console()
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from ._version import __version__
+
+        console.print(f"patchprobe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="print the version and exit"),
+) -> None:
+    """Probe frozen audio encoders through their patch tokens."""
+
+
 def _parse_pairs(items: list[str] | None, option: str) -> dict:
     """KEY=VALUE strings -> dict; values are read as JSON when they parse (numbers, true/false), else as text."""
     parsed = {}
@@ -39,6 +54,16 @@ def _positive_finite(value: float) -> float:
     if not (math.isfinite(value) and value > 0):
         raise typer.BadParameter(f"{value} is not in the range x>0 (a finite number above 0)")
     return value
+
+
+def _learning_rate(value: str) -> str | float:
+    """Typer callback for --lr: "auto" or a finite number above 0."""
+    if value == "auto":
+        return value
+    try:
+        return _positive_finite(float(value))
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not auto or a number in the range x>0") from None
 
 
 def _split_list(text: str) -> list[str]:
@@ -176,15 +201,16 @@ def extract(
 def train(
     bank: Path = typer.Option(..., help="bank folder built by `patchprobe extract`"),
     probe: str = typer.Option(..., help="probe name (see `patchprobe probes`)"),
-    out: Path = typer.Option(..., help="run folder for config.json, metrics.json and weights"),
+    out: Path = typer.Option(..., help="run folder for config.json, metrics.json, scores and weights"),
     epochs: int = typer.Option(30, min=1),
-    lr: float = typer.Option(1e-3, callback=_positive_finite, help="peak learning rate (AdamW, cosine schedule with warm-up)"),
+    lr: str = typer.Option("auto", callback=_learning_rate, help="peak learning rate (AdamW, cosine schedule with warm-up), or auto: "
+                           "the probe's lr grid (`patchprobe probes`) trained in one pass, the best on valid kept"),
     weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay (default 1e-4); with --solver lbfgs: the L2 strength (default: searched on valid)"),
     solver: str = typer.Option("adamw", help="adamw (the paper's 30-epoch protocol) or lbfgs (linear, linearc, freqpool solved to convergence)"),
     batch_size: int = typer.Option(128, min=1),
     loss: str = typer.Option("auto", help="auto (ASL for multi-label, CE for multi-class), asl, bce or ce"),
     seed: int = typer.Option(0),
-    prototypes_per_class: Optional[int] = typer.Option(None, help="J for protobin (default 20)"),
+    prototypes_per_class: Optional[int] = typer.Option(None, help="J for the prototype probes (default: the probe's, see `patchprobe probes`)"),
     probe_arg: Optional[list[str]] = typer.Option(None, help="extra probe argument KEY=VALUE (JSON value), repeatable"),
     device: str = typer.Option("cpu"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a finished run of another setting in --out"),
@@ -192,8 +218,9 @@ def train(
 ) -> None:
     """Train one probe on a bank and evaluate it on the bank's valid and test splits.
 
-    A finished run of the same setting in --out is kept and shown; one of another setting is refused
-    unless --overwrite.
+    By default (--lr auto) every rate of the probe's grid is trained in one shared pass and the best on valid is kept (on a seeded carve of train when the bank has no valid split).
+
+    A finished run of the same setting in --out is kept and shown; one of another setting is refused unless --overwrite.
     """
     from .bank import LoadedBank
     from .train import TrainConfig, fit, search_l2
@@ -202,7 +229,9 @@ def train(
     if prototypes_per_class is not None:
         args["prototypes_per_class"] = prototypes_per_class
     if solver not in ("adamw", "lbfgs"):
-        raise typer.BadParameter("--solver must be adamw or lbfgs")
+        raise typer.BadParameter(f"{solver!r} is not adamw or lbfgs", param_hint="--solver")
+    if loss not in ("auto", "asl", "bce", "ce"):
+        raise typer.BadParameter(f"{loss!r} is not auto, asl, bce or ce", param_hint="--loss")
     config = TrainConfig(probe=probe, probe_args=args, epochs=epochs, lr=lr, weight_decay=1e-4 if weight_decay is None else weight_decay,
                          batch_size=batch_size, loss=loss, seed=seed, data_seed=seed, device=device, solver=solver)
     loaded = LoadedBank.load(bank, device=device)
@@ -211,10 +240,13 @@ def train(
         config, scores, edge = search_l2(loaded.train, loaded["valid"], config)
         console.print("L2 strength on valid: " + ", ".join(f"{k:g}: {v:.4f}" for k, v in scores.items())
                       + f" -> {config.weight_decay:g}" + (f" (at the {edge} end of the grid)" if edge else ""))
-    result = fit(loaded, [config], [out], progress=not quiet, overwrite=overwrite)[0]
+    warn = lambda text: console.print(f"[yellow]warning:[/yellow] {escape(text)}")  # noqa: E731
+    result = fit(loaded, [config], [out], progress=not quiet, overwrite=overwrite, log=lambda text: console.print(escape(text)))[0]
     if result.diverged:
         raise ValueError(result.diverged)
-    table = Table(title=f"{probe} on {bank} ({result.probe.num_parameters():,} parameters, {result.seconds:.1f} s)")
+    if result.lr_selection is not None:
+        console.print(escape(result.lr_selection.describe()))
+    table = Table(title=f"{probe} on {bank}, lr {result.config.lr_text} ({result.probe.num_parameters():,} parameters, {result.seconds:.1f} s)")
     table.add_column("split")
     metrics = sorted({k for m in result.metrics.values() for k in m})
     for name in metrics:
@@ -222,10 +254,16 @@ def train(
     for split, values in result.metrics.items():
         table.add_row(split, *[_fmt(values.get(name)) for name in metrics])
     console.print(table)
+    if result.peak_epoch is not None:
+        console.print(f"valid metric peaked at epoch {result.peak_epoch} of {result.config.epochs} (history.json has it per epoch)")
+    if result.unstable:
+        warn(f"loss not trusted: {result.unstable}")
+    for text in result.warnings:
+        warn(text)
     if result.reused:
         console.print(f"{out} already held this finished run: kept it (nothing trained)")
     else:
-        console.print(f"wrote {out}/config.json, metrics.json, probe.safetensors")
+        console.print(f"wrote {out}/config.json, metrics.json, history.json, class_metrics.json, scores.npz, thresholds.json, probe.safetensors")
 
 
 @command()
@@ -564,14 +602,18 @@ def probes(
     freq_tokens: int = typer.Option(8, help="frequency tokens F of the grid (freqpool's input is F x D)"),
     prototypes_per_class: int = typer.Option(20, help="J for the prototype probes"),
 ) -> None:
-    """List every registered probe: family, trainable parameters for D, C (and G, F, J), search range, demo grid, arguments."""
+    """List every registered probe: family, trainable parameters for D, C (and G, F, J), search range, the lr grid
+    `train --lr auto` tries, the default J and epochs, arguments."""
     from .probes import PROBES, create_probe
+    from .train import TrainConfig
+
+    epochs = TrainConfig.model_fields["epochs"].default
 
     glob = dim if global_dim is None else global_dim
     table = Table(title=f"registered probes (D={dim}, C={classes}, G={glob}, F={freq_tokens}, J={prototypes_per_class})")
-    for column in ("name", "family", "parameters", "lr range"):  # short cells stay whole; the long ones fold
+    for column in ("name", "family", "parameters", "lr range", "J", "epochs"):  # short cells stay whole; the long ones fold
         table.add_column(column, no_wrap=True)
-    for column in ("lr grid", "arguments (default)", "description"):
+    for column in ("lr grid (--lr auto)", "arguments (default)", "description"):
         table.add_column(column, overflow="fold")
     for name in (name for names in PROBES.families().values() for name in names):
         spec = PROBES.spec(name)
@@ -581,7 +623,9 @@ def probes(
             count = f"{create_probe(name, dim, classes, glob, freq_tokens, **chosen).num_parameters():,}"
         except ValueError as exc:  # e.g. ep's query count must divide D
             count = f"- ({exc})"
-        table.add_row(name, spec.family, count, f"{spec.lr_range[0]:g}-{spec.lr_range[1]:g}", ", ".join(f"{lr:g}" for lr in spec.lr_grid),
+        j_default = str(arguments["prototypes_per_class"]) if "prototypes_per_class" in arguments else "-"
+        table.add_row(name, spec.family, count, f"{spec.lr_range[0]:g}-{spec.lr_range[1]:g}", j_default, str(epochs),
+                      ", ".join(f"{lr:g}" for lr in spec.lr_grid),
                       escape(", ".join(f"{key}={value}" for key, value in arguments.items()) or "-"), escape(spec.description))
     console.print(table)
 

@@ -105,6 +105,10 @@ def ranked_bar_chart(
     return save_figure(figure, path)
 
 
+# collect_runs columns that are not settings of a run: what a point aggregates over (seed), or results.
+NOT_SETTINGS = ("run", "seed", "split", "metric", "value", "num_parameters", "train_seconds", "lr")
+
+
 def sweep_plot(
     frame,
     x: str,
@@ -114,25 +118,36 @@ def sweep_plot(
     title: str = "",
     log_x: bool = True,
 ) -> pd.DataFrame:
-    """Metric against one setting (e.g. prototypes_per_class), one line per probe, mean ± sd over seeds.
+    """Metric against one setting (e.g. prototypes_per_class), mean ± sd over seeds.
+
+    A point pools runs that differ only in their seed: one line per combination of every other setting
+    that differs among the plotted runs (probe, dataset, task, J, epochs, solver, how lr was set, ...),
+    named by those settings. Runs chosen by lr "auto" count as one setting whatever rate each chose;
+    L-BFGS runs have no lr and are left out of an lr axis.
 
     Args:
         frame: `collect_runs` output; runs without column `x` are left out.
     Returns:
-        the plotted table: probe, x, mean, sd, seeds.
+        the plotted table: line, probe, the differing settings, x, mean, sd, seeds.
     """
     if x not in frame.columns:
         raise ValueError(f"no run sets {x!r}; columns are {sorted(frame.columns)}")
     chosen = frame[(frame["metric"] == metric) & (frame["split"] == split) & frame[x].notna()]
     if chosen.empty:
         raise ValueError(f"no {split} {metric!r} values for runs with {x!r}")
-    table = (
-        chosen.groupby(["probe", x])["value"].agg(mean="mean", sd="std", seeds="count").reset_index().fillna({"sd": 0.0})
-    )
-    figure, axis = new_figure(figsize=(5.0, 3.4), layout="constrained")
-    for probe, rows in table.groupby("probe"):
+    settings = [c for c in chosen.columns if c not in NOT_SETTINGS and c != x and not (x == "lr" and c == "lr_setting")]
+    # missing probe arguments (a run that does not set one) group as "-", not dropped by groupby
+    chosen = chosen.assign(**{c: chosen[c].map(lambda v: "-" if v is None or (isinstance(v, float) and np.isnan(v)) else v)
+                              for c in settings})
+    differing = [c for c in settings if c != "probe" and chosen[c].astype(str).nunique() > 1]
+    keys = ["probe", *differing]
+    table = chosen.groupby([*keys, x])["value"].agg(mean="mean", sd="std", seeds="count").reset_index().fillna({"sd": 0.0})
+    table.insert(0, "line", table[keys].astype(str).apply(
+        lambda row: row["probe"] + "".join(f", {c}={row[c]}" for c in differing), axis=1))
+    figure, axis = new_figure(figsize=(5.0 + 1.2 * bool(differing), 3.4), layout="constrained")
+    for line, rows in table.groupby("line", sort=False):
         rows = rows.sort_values(x)
-        axis.errorbar(rows[x], rows["mean"], yerr=rows["sd"], marker="o", capsize=3, label=f"{probe} ({int(rows['seeds'].max())} seeds)")
+        axis.errorbar(rows[x], rows["mean"], yerr=rows["sd"], marker="o", capsize=3, label=f"{line} ({int(rows['seeds'].max())} seeds)")
     if log_x:
         axis.set_xscale("log")
         ticks = sorted(table[x].unique())
@@ -141,6 +156,6 @@ def sweep_plot(
     axis.set_ylabel(f"{split} {metric}")
     axis.set_title(title or f"{split} {metric} vs {x}", fontsize=10)
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8, frameon=False)
+    axis.legend(fontsize=7, frameon=False)
     save_figure(figure, path)
     return pd.DataFrame(table)

@@ -14,7 +14,8 @@ from ..train import Run
 def collect_runs(root: str | Path) -> pd.DataFrame:
     """One row per (run folder, evaluated split, metric) under `root` (folders holding metrics.json).
 
-    Columns: run, encoder, dataset, probe, lr, weight_decay, seed, split, metric, value,
+    Columns: run, encoder, dataset, probe, multilabel, solver, lr (None for L-BFGS), lr_setting ("auto" or
+    the rate given), weight_decay, epochs, batch_size, loss, seed, split, metric, value,
     num_parameters, train_seconds, and one column per probe argument (e.g. prototypes_per_class;
     missing where a run does not set it).
     """
@@ -30,8 +31,15 @@ def collect_runs(root: str | Path) -> pd.DataFrame:
                         "encoder": run.bank.encoder,
                         "dataset": run.bank.dataset,
                         "probe": config.probe,
-                        "lr": config.lr,
+                        "multilabel": run.bank.multilabel,
+                        "solver": config.solver,
+                        # the rate trained (None for L-BFGS, which has none) and how it was set ("auto" or the rate)
+                        "lr": None if config.solver == "lbfgs" else config.lr,
+                        "lr_setting": "-" if config.solver == "lbfgs" else "auto" if run.lr_selection is not None else f"{config.lr:g}",
                         "weight_decay": config.weight_decay,
+                        "epochs": config.epochs,
+                        "batch_size": config.batch_size,
+                        "loss": config.loss,
                         "seed": config.seed,
                         "split": split,
                         "metric": metric,

@@ -10,7 +10,7 @@ def asymmetric_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
     gamma_neg: float = 4.0,
-    gamma_pos: float = 0.0,
+    gamma_pos: float = 1.0,
     clip: float = 0.05,
     eps: float = 1e-8,
 ) -> torch.Tensor:
@@ -18,8 +18,10 @@ def asymmetric_loss(
 
     p = sigmoid(x); p_m = max(p - clip, 0);
     L = -[ y (1 - p)^g+ log p + (1 - y) p_m^g- log(1 - p_m) ], logs clamped at eps.
-    Defaults follow the official training scripts (g+ = 0, g- = 4, clip 0.05). Summed over
-    classes, averaged over the batch.
+    Defaults follow the Bird-MAE code's AsymmetricLoss (g- = 4, g+ = 1, clip 0.05, eps 1e-8), which its
+    experiment configs do not override, so the paper's protocol trained with them (Ridnik et al.'s own
+    scripts use g+ = 0). `TrainConfig.asl_gamma_neg/asl_gamma_pos/asl_clip` set them per run. Summed
+    over classes, averaged over the batch.
 
     Args:
         logits, targets: (B, C).

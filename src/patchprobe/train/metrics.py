@@ -131,3 +131,61 @@ def evaluate_scores(labels: np.ndarray, scores: np.ndarray, multilabel: bool, me
 def primary_metric(multilabel: bool) -> str:
     """The number a run is judged by: macro mAP for multi-label, accuracy for multi-class."""
     return "map" if multilabel else "accuracy"
+
+
+def per_class_metrics(labels: np.ndarray, scores: np.ndarray, multilabel: bool) -> dict:
+    """AP, AUROC and support (positives) per class, plus the confusion matrix for multi-class data.
+
+    Args:
+        labels: (N, C) multi-hot or one-hot; scores: (N, C) any monotone score.
+
+    Returns:
+        {"support": [C ints], "ap": [C floats or None], "auroc": [C floats or None], "confusion": C x C
+        counts [true][predicted] (multi-class) or None}; AP is None for a class without a positive,
+        AUROC for one without a positive or a negative.
+    """
+    labels = np.asarray(labels) > 0.5
+    scores = np.asarray(scores, dtype=np.float64)
+    count, classes = labels.shape
+    support = labels.sum(axis=0)
+    ap = [average_precision(labels[:, c], scores[:, c]) if support[c] > 0 else None for c in range(classes)]
+    auroc = [roc_auc(labels[:, c], scores[:, c]) if 0 < support[c] < count else None for c in range(classes)]
+    confusion = None
+    if not multilabel:
+        confusion = np.zeros((classes, classes), dtype=np.int64)
+        np.add.at(confusion, (labels.argmax(axis=1), scores.argmax(axis=1)), 1)
+        confusion = confusion.tolist()
+    return {"support": [int(s) for s in support], "ap": ap, "auroc": auroc, "confusion": confusion}
+
+
+def f1_optimal_thresholds(labels: np.ndarray, scores: np.ndarray, fallback: float = 0.5) -> tuple[list[float], list[float | None]]:
+    """Per class, the score threshold (predict positive when score >= threshold) with the best F1 on these clips.
+
+    Every distinct score is a candidate cut; ties in F1 go to the higher threshold (fewer positives).
+    A class without a positive gets `fallback` and F1 None.
+
+    Args:
+        labels: (N, C) multi-hot; scores: (N, C) probabilities.
+
+    Returns:
+        (thresholds, f1): two lists of C values.
+    """
+    labels = np.asarray(labels) > 0.5
+    scores = np.asarray(scores, dtype=np.float64)
+    thresholds: list[float] = []
+    best_f1: list[float | None] = []
+    for c in range(labels.shape[1]):
+        positives = int(labels[:, c].sum())
+        if positives == 0:
+            thresholds.append(float(fallback))
+            best_f1.append(None)
+            continue
+        order = np.argsort(-scores[:, c], kind="mergesort")
+        ranked, hits = scores[order, c], labels[order, c]
+        ends = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]  # a cut keeps whole tie groups
+        true_pos = np.cumsum(hits)[ends]
+        f1 = 2 * true_pos / (ends + 1 + positives)
+        best = int(np.argmax(f1))  # first maximum = the highest threshold among equals
+        thresholds.append(float(ranked[ends[best]]))
+        best_f1.append(float(f1[best]))
+    return thresholds, best_f1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 from ..bank import LoadedBank
 from ..errors import RunError
@@ -20,8 +21,12 @@ def fit(
     progress: bool = True,
     overwrite: bool = False,
     wait_seconds: float = 0.0,
+    log: Callable[[str], None] | None = None,
 ) -> list[TrainResult]:
     """Train each config on the bank's train split, evaluate on its other splits, write one run folder per config.
+
+    A config with lr "auto" (the default) trains its rate grid in the shared pass and writes the run of the
+    rate chosen on valid (see `train_probes`).
 
     A folder that already holds a finished run of the same config on the same bank data is reused
     (its result is loaded, nothing is trained). One holding a different finished run is refused
@@ -32,6 +37,7 @@ def fit(
         bank: a bank folder, or a LoadedBank (saves re-reading the bank when called repeatedly).
         configs, out_dirs: one output folder per config.
         overwrite: replace finished runs of another setting.
+        log: called with notable events of training (e.g. lr "auto" choosing on a carve of train).
         wait_seconds: how long to wait for another process writing one of the folders (then reuse its run
             if it is this setting); 0 refuses at once. A lock left by a dead process on this host is taken over.
 
@@ -67,7 +73,8 @@ def fit(
                 results[i] = existing.result(device=config.device)
             else:
                 todo.append(i)
-        trained = train_probes(loaded.train, [configs[i] for i in todo], loaded.evaluation_splits, progress=progress) if todo else []
+        trained = train_probes(loaded.train, [configs[i] for i in todo], loaded.evaluation_splits, progress=progress,
+                               log=log) if todo else []
         for i, result in zip(todo, trained):
             Run.write(folders[i], result, loaded.identity)
             results[i] = result

@@ -1,5 +1,11 @@
 """Train probes on a loaded bank split. Several probes / hyper-parameter settings share one pass
-over the data: each batch is read and cast once, then every member takes its step on it."""
+over the data: each batch is read and cast once, then every member takes its step on it.
+
+A config with lr "auto" becomes one member per rate of its grid in the same pass; the best on the
+valid split (or on a seeded carve of train) is kept (`LrSelection`). After training every run is
+checked for a loss that rose (`TrainResult.unstable`) and for too few optimiser steps, and is scored
+per split: metrics, per-class metrics, per-clip probabilities and, on valid, decision thresholds.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +13,23 @@ import math
 import time
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .._progress import ProgressBar
 from ..bank import LoadedSplit
 from ..probes import Probe, shared_pooled_inputs
-from .core import TrainConfig, TrainResult, build_probe, evaluate, loss_name, optional_to
+from .core import (ClassMetrics, DecisionThresholds, LrSelection, SplitScores, TrainConfig, TrainResult, build_probe, lr_grid,
+                   make_loss, optional_to, predict, probabilities)
 from .lbfgs import fit_lbfgs
-from .losses import LOSSES
+from .metrics import compute_metrics, evaluate_scores, f1_optimal_thresholds, per_class_metrics, primary_metric
+
+# Fewer optimiser steps than this in a whole run get a warning: the cosine schedule then has little room to converge.
+FEW_STEPS = 100
+# A loss that ends above this multiple of its first epoch's mean has diverged in all but name.
+LOSS_RISE = 1.5
+# lr "auto" on a bank without a valid split: this fraction of train (seeded by data_seed) picks the rate.
+CARVE_FRACTION = 0.2
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -30,43 +45,185 @@ def train_probes(
     evaluate_on: dict[str, LoadedSplit] | None = None,
     progress: bool = True,
     on_epoch: Callable[[int, list[Probe]], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> list[TrainResult]:
     """Train every config on `train`, sharing the passes over the data, then evaluate each.
 
     Configs that share (epochs, batch_size, data_seed) see the same batches in the same order;
-    other configs are trained in their own pass.
+    other configs are trained in their own pass. A config with lr "auto" trains every rate of its grid
+    (`lr_grid`) in that pass and returns the one best on `evaluate_on["valid"]`; without a valid split,
+    the grid is trained on 80 % of train, chosen on the other 20 % (seeded by data_seed), and the
+    chosen rate is trained again on all of train.
 
     Args:
         train: the training split (tokens (N, T, F, D) in RAM or on a GPU).
         configs: one per probe / hyper-parameter setting.
-        evaluate_on: named splits to score at the end, e.g. {"valid": ..., "test": ...}.
-        on_epoch: called after every epoch with (epoch number from 1, the group's probes); it may raise
-            to stop training (a search's pruner does).
+        evaluate_on: named splits to score at the end, e.g. {"valid": ..., "test": ...}. A "valid" split is
+            also scored after every epoch (history's "valid_<metric>") and fits the decision thresholds.
+        on_epoch: called after every epoch with (epoch number from 1, the group's probes, lr "auto"
+            expanded to one probe per rate); it may raise to stop training (a search's pruner does).
+        log: called with one line per notable event (the carve used to choose a rate).
 
     Returns:
-        one TrainResult per config, in order.
+        one TrainResult per config, in order (for lr "auto": the chosen rate's run, `lr_selection` set).
     """
-    results: list[TrainResult | None] = [None] * len(configs)
-    groups: dict[tuple, list[int]] = {}
+    evaluate_on = evaluate_on or {}
+    valid = evaluate_on.get("valid")
+    auto = [i for i, c in enumerate(configs) if c.lr == "auto" and c.solver == "adamw"]
+    if auto and valid is None:
+        return _train_with_carve(train, configs, auto, evaluate_on, progress, on_epoch, log)
+    members: list[TrainConfig] = []
+    owner: list[int] = []  # members[k] belongs to configs[owner[k]]
     for i, config in enumerate(configs):
+        for candidate in ([config.model_copy(update={"lr": lr}) for lr in lr_grid(config)] if i in auto else [config]):
+            members.append(candidate)
+            owner.append(i)
+    trained = _train_members(train, members, valid, progress, on_epoch)
+    results: list[TrainResult] = []
+    for i, config in enumerate(configs):
+        candidates = [result for result, o in zip(trained, owner) if o == i]
+        results.append(_select(candidates, "valid", train.meta.multilabel) if i in auto else candidates[0])
+    for result in results:
+        _score(result, evaluate_on)
+    return results
+
+
+def _train_members(train: LoadedSplit, members: list[TrainConfig], valid: LoadedSplit | None, progress: bool,
+                   on_epoch) -> list[TrainResult]:
+    results: list[TrainResult | None] = [None] * len(members)
+    groups: dict[tuple, list[int]] = {}
+    for i, config in enumerate(members):
         if config.solver == "lbfgs":
             results[i] = fit_lbfgs(train, config)
             continue
         groups.setdefault((config.epochs, config.batch_size, config.data_seed), []).append(i)
-    for (epochs, batch_size, data_seed), members in groups.items():
-        trained = _train_group(train, [configs[i] for i in members], epochs, batch_size, data_seed, progress, on_epoch)
-        for i, result in zip(members, trained):
+    for (epochs, batch_size, data_seed), indices in groups.items():
+        trained = _train_group(train, [members[i] for i in indices], epochs, batch_size, data_seed, progress, on_epoch, valid)
+        for i, result in zip(indices, trained):
             results[i] = result
-    for result in results:
-        if result.diverged:
-            continue
-        for name, split in (evaluate_on or {}).items():
-            result.metrics[name] = evaluate(result.probe, split)
     return results  # type: ignore[return-value]
 
 
-def _train_group(train: LoadedSplit, configs, epochs, batch_size, data_seed, progress, on_epoch=None) -> list[TrainResult]:
+def _train_with_carve(train, configs, auto, evaluate_on, progress, on_epoch, log) -> list[TrainResult]:
+    """lr "auto" without a valid split: choose each auto config's rate on a seeded carve of train, then train on all of it."""
+    chosen: dict[int, LrSelection] = {}
+    for data_seed in sorted({configs[i].data_seed for i in auto}):
+        owners = [i for i in auto if configs[i].data_seed == data_seed]
+        fit_part, carve = carve_split(train, CARVE_FRACTION, seed=data_seed)
+        where = f"a carve of train ({len(carve)} of {len(train)} clips, seed {data_seed}; the bank has no valid split)"
+        if log:
+            log(f"lr auto: no valid split; choosing the rate on {where}, then training it on all {len(train)} clips")
+        grids = [(i, configs[i].model_copy(update={"lr": lr})) for i in owners for lr in lr_grid(configs[i])]
+        trained = _train_members(fit_part, [config for _, config in grids], carve, progress, None)
+        for i in owners:
+            candidates = [result for (owner, _), result in zip(grids, trained) if owner == i]
+            chosen[i] = _select(candidates, where, train.meta.multilabel).lr_selection  # type: ignore[assignment]
+    final = [configs[i].model_copy(update={"lr": chosen[i].chosen}) if i in chosen else configs[i] for i in range(len(configs))]
+    results = train_probes(train, final, evaluate_on, progress=progress, on_epoch=on_epoch)
+    for i, selection in chosen.items():
+        results[i].lr_selection = selection
+    return results
+
+
+def carve_split(split: LoadedSplit, fraction: float, seed: int) -> tuple[LoadedSplit, LoadedSplit]:
+    """A seeded random split of `split` into (rest, carve) with round(fraction * N) clips (at least 2) in the carve."""
+    count = len(split)
+    if count < 4:
+        raise ValueError(f"lr auto needs a valid split, or at least 4 training clips to carve one from; this bank has "
+                         f"{count} training clips and no valid split: pass a learning rate (--lr)")
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    size = min(count - 2, max(2, round(fraction * count)))
+    return _subset(split, order[size:].sort().values, "train-rest"), _subset(split, order[:size].sort().values, "train-carve")
+
+
+def _subset(split: LoadedSplit, index: torch.Tensor, name: str) -> LoadedSplit:
+    device_index = index.to(split.tokens.device)
+    ids = [split.meta.clip_ids[i] for i in index.tolist()] if split.meta.clip_ids else []
+    return LoadedSplit(tokens=split.tokens[device_index], mask=split.mask[device_index],
+                       globals_=None if split.globals is None else split.globals[device_index],
+                       labels=split.labels[device_index], lengths=split.lengths[device_index],
+                       meta=split.meta.model_copy(update={"split": name, "clip_ids": ids}))
+
+
+def _select(candidates: list[TrainResult], chosen_on: str, multilabel: bool) -> TrainResult:
+    """The candidate with the best final-epoch selection score; stable runs before unstable ones, ties to the lower rate."""
+    metric = primary_metric(multilabel)
+    key = f"valid_{metric}"
+
+    def score(result: TrainResult) -> float | None:
+        if result.diverged or not result.history or not math.isfinite(result.history[-1].get(key, math.nan)):
+            return None
+        return result.history[-1][key]
+
+    ranked = sorted(candidates, key=lambda r: (score(r) is not None, r.unstable is None, score(r) or 0.0, -r.config.lr))
+    best = ranked[-1]
+    grid = tuple(r.config.lr for r in candidates)
+    edge = None
+    if len(grid) > 1 and best.config.lr == grid[0]:
+        edge = "low"
+    elif len(grid) > 1 and best.config.lr == grid[-1]:
+        edge = "high"
+    best.lr_selection = LrSelection(grid=grid, scores=[score(r) for r in candidates],
+                                    unstable=[r.config.lr for r in candidates if r.unstable], chosen=best.config.lr, edge=edge,
+                                    metric=metric, chosen_on=chosen_on)
+    return best
+
+
+def _score(result: TrainResult, evaluate_on: dict[str, LoadedSplit]) -> None:
+    """Metrics, per-class metrics and per-clip probabilities on every split; thresholds from valid."""
+    if result.diverged:
+        return
+    for name, split in evaluate_on.items():
+        labels = split.labels.cpu().numpy()
+        logits = predict(result.probe, split)
+        multilabel = split.meta.multilabel
+        result.metrics[name] = evaluate_scores(labels, logits, multilabel, split.meta.metrics or None)
+        result.class_metrics[name] = ClassMetrics(classes=list(split.meta.classes), **per_class_metrics(labels, logits, multilabel))
+        result.scores[name] = SplitScores(clip_ids=list(split.meta.clip_ids), labels=(labels > 0.5).astype(np.uint8),
+                                          scores=probabilities(logits, multilabel).astype(np.float32))
+    first = next(iter(evaluate_on.values()), None)
+    if first is None:
+        return
+    classes = list(first.meta.classes)
+    if not first.meta.multilabel:
+        result.thresholds = DecisionThresholds(rule="argmax", classes=classes)
+    elif "valid" in result.scores:
+        valid = result.scores["valid"]
+        values, f1 = f1_optimal_thresholds(valid.labels, valid.scores)
+        result.thresholds = DecisionThresholds(rule="f1", classes=classes, values=values, f1=f1, chosen_on="valid",
+                                               fallback=[c for c, v in zip(classes, f1) if v is None])
+    else:  # no valid split: nothing unseen to fit them on; readers apply their stated fallback
+        result.thresholds = DecisionThresholds(rule="f1", classes=classes, fallback=classes, chosen_on=None)
+
+
+def loss_rise(history: list[dict]) -> str | None:
+    """Why a finite loss curve is not trusted, or None.
+
+    Flags a final epoch's mean loss above LOSS_RISE x the first epoch's, and a loss rising over the last
+    third of training (positive least-squares slope and its end above 1.1 x the lowest loss before it):
+    with a cosine schedule the rate is small there, so a rise means the run went astray.
+    """
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    if len(losses) < 2:
+        return None
+    first, last = losses[0], losses[-1]
+    if first > 0 and last > LOSS_RISE * first:
+        return f"the training loss ended at {last:.4g}, {last / first:.1f}x its first epoch's {first:.4g}: lower the learning rate"
+    tail = max(2, len(losses) // 3)
+    if len(losses) >= 6:
+        before, end = min(losses[:-tail]), losses[-tail:]
+        slope = np.polyfit(np.arange(len(end)), np.asarray(end), 1)[0]
+        if slope > 0 and end[-1] > 1.1 * before:
+            return (f"the training loss rose over the last {tail} epochs (to {end[-1]:.4g}, lowest before {before:.4g}): "
+                    "lower the learning rate")
+    return None
+
+
+def _train_group(train: LoadedSplit, configs, epochs, batch_size, data_seed, progress, on_epoch=None,
+                 valid: LoadedSplit | None = None) -> list[TrainResult]:
     multilabel = train.meta.multilabel
+    metric = primary_metric(multilabel)
+    valid_labels = None if valid is None else valid.labels.cpu().numpy()
     members = []
     for config in configs:
         probe = build_probe(train, config)
@@ -78,7 +235,7 @@ def _train_group(train: LoadedSplit, configs, epochs, batch_size, data_seed, pro
                 "config": config,
                 "probe": probe,
                 "optimizer": optimizer,
-                "loss": LOSSES[loss_name(config, multilabel)],
+                "loss": make_loss(config, multilabel),
                 "history": [],
                 "seconds": 0.0,
                 "diverged": None,
@@ -88,7 +245,8 @@ def _train_group(train: LoadedSplit, configs, epochs, batch_size, data_seed, pro
     steps_per_epoch = max(1, sum(1 for s in range(0, count, batch_size) if min(batch_size, count - s) >= 2))
     total = steps_per_epoch * epochs
     step = 0
-    bar = ProgressBar(progress, f"training {', '.join(c.probe for c in configs)}", total)
+    bar = ProgressBar(progress, f"training {', '.join(dict.fromkeys(c.probe for c in configs))}"
+                      + (f" ({len(configs)} settings)" if len(configs) > 1 else ""), total)
     for epoch in range(epochs):
         order = torch.randperm(count, generator=torch.Generator().manual_seed(data_seed * 100_003 + epoch))
         sums = [0.0] * len(members)
@@ -113,7 +271,12 @@ def _train_group(train: LoadedSplit, configs, epochs, batch_size, data_seed, pro
             bar.advance()
         for slot, member in enumerate(members):
             if not member["diverged"]:
-                member["history"].append({"epoch": epoch + 1, "loss": sums[slot] / max(batches, 1)})
+                entry = {"epoch": epoch + 1, "loss": sums[slot] / max(batches, 1)}
+                if valid is not None:
+                    # one forward pass over valid per epoch: the curve users ask for, and lr "auto"'s selection score
+                    logits = predict(member["probe"], valid)
+                    entry[f"valid_{metric}"] = compute_metrics(valid_labels, logits, [metric])[metric]
+                member["history"].append(entry)
         if on_epoch is not None:
             try:
                 on_epoch(epoch + 1, [member["probe"] for member in members])
@@ -121,11 +284,22 @@ def _train_group(train: LoadedSplit, configs, epochs, batch_size, data_seed, pro
                 bar.close()
                 raise
     bar.close()
-    return [
-        TrainResult(config=m["config"], probe=m["probe"].eval(), history=m["history"], seconds=round(m["seconds"], 2),
-                    diverged=m["diverged"])
-        for m in members
-    ]
+    few = None
+    if total < FEW_STEPS:
+        few = (f"only {total} optimiser steps ({epochs} epochs x {steps_per_epoch} batches of up to {batch_size} of {count} clips): "
+               f"the schedule may end before the probe converges; lower --batch-size or raise --epochs (>= {FEW_STEPS} steps advised)")
+    results = []
+    for m in members:
+        history = m["history"]
+        curve = [entry.get(f"valid_{metric}") for entry in history]
+        peak = None
+        if valid is not None and curve and all(v is not None and math.isfinite(v) for v in curve):
+            peak = int(np.argmax(curve)) + 1
+        results.append(TrainResult(
+            config=m["config"], probe=m["probe"].eval(), history=history, seconds=round(m["seconds"], 2), diverged=m["diverged"],
+            unstable=None if m["diverged"] else loss_rise(history), warnings=[few] if few else [], peak_epoch=peak,
+            optimizer_steps=total))
+    return results
 
 
 def _step(member: dict, batch: dict, step: int, total: int, steps_per_epoch: int) -> float:
