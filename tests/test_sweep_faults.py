@@ -112,24 +112,23 @@ def test_equal_settings_are_never_trained_twice(bank, tmp_path):
     assert len(live) == 3 and len(set(_settings(live))) == 3
 
 
-def test_two_workers_sampling_together_after_the_sobol_phase_draw_different_points():
-    """Both workers see the same history and sample before either has stored its point (the race seen with TPE
-    seed 0 in every worker): the per-trial seeds give different points, and a replacement trial another point."""
-    storage = optuna.storages.InMemoryStorage()
-    worker_a = optuna.create_study(storage=storage, sampler=SobolThenTPE(2, seed=0), direction="maximize")
-    worker_b = optuna.load_study(study_name=worker_a.study_name, storage=storage, sampler=SobolThenTPE(2, seed=0))
+def test_tpe_draws_depend_on_the_trial_number_so_racing_workers_differ():
+    """Workers sampling at the same moment see the same history; with one TPE seed for all (the old sampler) they drew
+    the same point. Each trial number now has its own seed: different numbers draw different points from one
+    history, and the same number draws the same point in any worker (reproducible)."""
+    study = optuna.create_study(sampler=SobolThenTPE(2, seed=0), direction="maximize")
     for value in range(4):
-        trial = worker_a.ask()
+        trial = study.ask()
         trial.suggest_float("lr", 1e-3, 1.0, log=True)
         trial.suggest_float("weight_decay", 1e-5, 5e-4, log=True)
-        worker_a.tell(trial, float(value % 3))
-    first, second = worker_a.ask(), worker_b.ask()  # both sampled from the same four trials
-    points = [(t.suggest_float("lr", 1e-3, 1.0, log=True), t.suggest_float("weight_decay", 1e-5, 5e-4, log=True))
-              for t in (first, second)]
-    assert points[0] != points[1]
-    worker_a.tell(first, state=TrialState.FAIL)  # a failed trial's replacement draws afresh
-    third = worker_b.ask()
-    assert (third.suggest_float("lr", 1e-3, 1.0, log=True), third.suggest_float("weight_decay", 1e-5, 5e-4, log=True)) not in points
+        study.tell(trial, float(value % 3))
+    pending = study._storage.get_trial(study._storage.create_new_trial(study._study_id))  # RUNNING, not sampled yet
+    worker_a, worker_b = SobolThenTPE(2, seed=0), SobolThenTPE(2, seed=0)
+    space = worker_a.infer_relative_search_space(study, pending)
+    assert set(space) == {"lr", "weight_decay"}
+    draws = [worker_a._trial_tpe(number).sample_relative(study, pending, space) for number in (4, 5, 6)]
+    assert len({tuple(sorted(d.items())) for d in draws}) == 3
+    assert worker_b._trial_tpe(4).sample_relative(study, pending, space) == draws[0]
 
 
 def test_an_over_budget_trial_logs_nothing_and_is_not_trained(bank, tmp_path, caplog):
