@@ -1,7 +1,7 @@
 """patchprobe: probe frozen audio encoders through their patch tokens.
 
 The data flow, one sub-package each, lower layers never importing higher ones (tests/test_architecture.py):
-audio -> datasets -> encoders -> bank -> probes -> train -> sweep -> report -> export -> demo/bench -> cli.
+audio -> datasets -> encoders -> bank -> probes -> train -> sweep -> report -> predict -> export -> demo/bench -> cli.
 The names below are the public API the CLI also uses.
 """
 
@@ -10,7 +10,8 @@ from .bank import Bank, BankSplit, LoadedBank, extract_bank
 from .datasets import ManifestDataset, SyntheticConfig, create_dataset, load_synthetic_dataset
 from .encoders import create_encoder
 from .errors import AudioError, BankError, CheckpointError, ExportError, ManifestError, PatchprobeError, RunError
-from .export import export_onnx, export_packed, export_run, load_packed
+from .export import export_onnx, export_packed, export_pipeline, export_run, load_packed
+from .predict import Predictor
 from .probes import PROBES, create_probe
 from .report import analyze_run, collect_runs
 from .train import Run, TrainConfig, fit, load_probe, train_probes
@@ -27,6 +28,7 @@ __all__ = [
     "ManifestError",
     "PROBES",
     "PatchprobeError",
+    "Predictor",
     "Run",
     "RunError",
     "SyntheticConfig",
@@ -39,6 +41,7 @@ __all__ = [
     "create_probe",
     "export_onnx",
     "export_packed",
+    "export_pipeline",
     "export_run",
     "extract_bank",
     "fit",
