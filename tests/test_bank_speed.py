@@ -94,3 +94,19 @@ def test_token_heads_keep_token_batches():
     assert shared_pooled_inputs([linear]) == ("global",)
     assert shared_pooled_inputs([linear, linpre]) is None  # a shared pass gives every member the tokens
     assert shared_pooled_inputs([linear, create_probe("linearc", D, C, G)]) == ("global", "mean")
+
+
+def test_streamed_split_serves_the_same_batches_as_one_in_memory(tmp_path, capsys):
+    split = write_split(tmp_path, [[3, 4], [0, 2, 1]], [6, 2, 6, 4, 1])
+    in_memory, streamed = split.load(), split.load(residency="stream")
+    assert in_memory.residency.startswith("memory") and streamed.residency.startswith("stream")
+    assert split.load(residency="auto").residency.startswith("memory")  # a tiny split fits
+    assert capsys.readouterr().err == ""  # only an automatic choice to stream is announced
+    assert len(streamed) == len(in_memory) and streamed.tokens.shape == in_memory.tokens.shape
+    for index in (torch.tensor([4, 0, 1]), torch.tensor([1, 3])):
+        ours, theirs = streamed.batch(index), in_memory.batch(index)
+        for key in ("tokens", "mask", "global", "labels"):
+            torch.testing.assert_close(ours[key], theirs[key])
+    torch.testing.assert_close(streamed.pooled("freqmean"), in_memory.pooled("freqmean"))
+    with pytest.raises(ValueError, match="residency must be"):
+        split.load(residency="disk")

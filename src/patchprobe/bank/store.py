@@ -32,6 +32,7 @@ import fcntl
 import hashlib
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -571,12 +572,91 @@ class BankSplit:
     def size_on_disk(self) -> int:
         return sum(p.stat().st_size for p in self.dir.rglob("*") if p.is_file())
 
-    def load(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> "LoadedSplit":
-        """Verify the split (see `verify`), then bring it into memory on `device` (tokens keep the stored dtype unless `dtype`)."""
+    def load(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, residency: str = "auto") -> "LoadedSplit":
+        """Verify the split (see `verify`), then serve it on `device` (tokens keep the stored dtype unless `dtype`).
+
+        residency: "memory" reads every token into RAM (or GPU memory); "stream" leaves the tokens in
+        their memory-mapped chunk files and gathers each batch from them (banks larger than memory);
+        "auto" streams when the padded tokens would take more than `STREAM_FRACTION` of the free memory
+        of `device`, and says so on stderr. `LoadedSplit.residency` records the choice and why.
+        """
+        if residency not in ("auto", "memory", "stream"):
+            raise ValueError(f"residency must be 'auto', 'memory' or 'stream' (got {residency!r})")
         problems = self.verify()
         if problems:
             raise BankError(problems[0] + (f" ({len(problems) - 1} more chunk(s) also fail)" if len(problems) > 1 else ""))
-        return LoadedSplit.from_split(self, device=device, dtype=dtype)
+        device = torch.device(device)
+        needed = self.padded_token_bytes(dtype)
+        free = free_memory_bytes(device)
+        stream = residency == "stream" or (residency == "auto" and needed > STREAM_FRACTION * free)
+        why = f"{self.dir}: {needed / 1e9:.2f} GB of tokens, {free / 1e9:.2f} GB free on {device.type}"
+        if stream:
+            if residency == "auto":
+                print(f"{why}: streaming batches from the memory-mapped chunks (larger than {STREAM_FRACTION:.0%} of free memory)",
+                      file=sys.stderr)
+            return LoadedSplit.streamed(self, device=device, reason=f"stream ({why})")
+        loaded = LoadedSplit.from_split(self, device=device, dtype=dtype)
+        loaded.residency = f"memory ({why})"
+        return loaded
+
+    def padded_token_bytes(self, dtype: torch.dtype | None = None) -> int:
+        """Bytes of the tokens padded to the longest clip, (N, T_max, F, D), in the stored dtype or `dtype`."""
+        itemsize = torch.empty(0, dtype=dtype).element_size() if dtype is not None else np.dtype(self.meta.dtype).itemsize
+        t_max = int(self.lengths.max()) if len(self) else 0
+        return len(self) * t_max * (self.meta.freq_dim or 1) * self.meta.token_dim * itemsize
+
+
+# "auto" residency streams a split whose tokens would take more than this share of the free memory (room
+# for the batches, the probes and the other splits).
+STREAM_FRACTION = 0.6
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Memory free for new tensors on `device`: CUDA's free memory, else the kernel's MemAvailable."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+class MappedTokens:
+    """The tokens of a streamed split: (N, T_max, F, D) as seen by `LoadedSplit`, left in the chunk files.
+
+    Indexing with rows (and optionally a time slice) gathers those clips from the memory-mapped chunks
+    into one new CPU tensor (page-locked when the split serves a GPU, so the copy there is asynchronous);
+    the page cache and the kernel's read-ahead do the prefetching.
+    """
+
+    def __init__(self, split: BankSplit, pin: bool) -> None:
+        self._split, self._pin = split, pin
+        t_max = int(split.lengths.max()) if len(split) else 0
+        self.shape = torch.Size((len(split), t_max, split.meta.freq_dim or 1, split.meta.token_dim))
+        self.dtype = torch.from_numpy(np.empty(0, np.dtype(split.meta.dtype))).dtype
+        self.device = torch.device("cpu")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> torch.Tensor:
+        rows, times = (key if isinstance(key, tuple) else (key, slice(None)))
+        if isinstance(rows, slice):
+            rows = torch.arange(len(self))[rows]
+        rows = torch.as_tensor(rows).reshape(-1).tolist()
+        longest = len(range(*times.indices(self.shape[1])))
+        if times.start not in (None, 0) or times.step not in (None, 1):
+            raise IndexError("MappedTokens: only a leading time slice (:T) is supported")
+        out = torch.zeros((len(rows), longest, *self.shape[2:]), dtype=self.dtype, pin_memory=self._pin)
+        view = out.numpy()
+        for slot, row in enumerate(rows):
+            tokens = self._split.clip(row)[0][:longest]
+            view[slot, : len(tokens)] = tokens
+        return out
 
 
 class LoadedSplit:
@@ -587,9 +667,26 @@ class LoadedSplit:
     computed once per loaded split and kept with it.
     """
 
-    def __init__(self, tokens, mask, globals_, labels, lengths, meta: SplitMeta) -> None:
+    def __init__(self, tokens, mask, globals_, labels, lengths, meta: SplitMeta, residency: str = "memory") -> None:
         self.tokens, self.mask, self.globals, self.labels, self.lengths, self.meta = tokens, mask, globals_, labels, lengths, meta
+        self.residency = residency  # "memory (...)" or "stream (...)": where the tokens are, and why
         self._pooled: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def streamed(cls, split: BankSplit, device="cpu", reason: str = "stream") -> "LoadedSplit":
+        """The split with its tokens left in the memory-mapped chunks (`MappedTokens`); mask, global vectors
+        and labels (small) in memory on the CPU. Batches are gathered on the CPU; the trainer moves them."""
+        device = torch.device(device)
+        tokens, mask, globals_ = read_split_arrays(split, pin=False, tokens=False)
+        return cls(
+            tokens=MappedTokens(split, pin=device.type == "cuda"),
+            mask=mask,
+            globals_=globals_,
+            labels=torch.from_numpy(split.labels.astype(np.float32)),
+            lengths=torch.from_numpy(split.lengths),
+            meta=split.meta,
+            residency=reason,
+        )
 
     @classmethod
     def from_split(cls, split: BankSplit, device="cpu", dtype=None) -> "LoadedSplit":
@@ -701,7 +798,7 @@ def _empty(shape: tuple, dtype: np.dtype, pin: bool, zero: bool) -> torch.Tensor
     return tensor.zero_() if zero else tensor
 
 
-def read_split_arrays(split: BankSplit, pin: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def read_split_arrays(split: BankSplit, pin: bool = False, tokens: bool = True) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
     """Every clip of a split in preallocated CPU tensors, padded to the longest clip, in `split.clip_ids` order.
 
     Each chunk file is read whole: straight into its rows of the destination when its clips are the
@@ -710,16 +807,18 @@ def read_split_arrays(split: BankSplit, pin: bool = False) -> tuple[torch.Tensor
 
     Args:
         pin: allocate page-locked memory (fast, asynchronous copies to a GPU).
+        tokens: False reads only the mask and global vectors (a streamed split); tokens is then None.
 
     Returns:
         tokens (N, T_max, F, D) in the stored dtype, mask (N, T_max, F) bool, globals (N, G) float32 or None.
     """
+    read_tokens = tokens
     count = len(split)
     t_max = int(split.lengths.max()) if count else 0
     freq, dim = split.meta.freq_dim or 1, split.meta.token_dim
     ragged = bool(count) and bool((split.lengths != t_max).any())
     token_dtype = np.dtype(split.meta.dtype)
-    tokens = _empty((count, t_max, freq, dim), token_dtype, pin, zero=ragged)
+    tokens = _empty((count, t_max, freq, dim) if read_tokens else (0, t_max, freq, dim), token_dtype, pin, zero=ragged)
     mask = _empty((count, t_max, freq), np.dtype(bool), pin, zero=ragged)
     globals_ = _empty((count, split.meta.global_dim), np.dtype(np.float32), pin, zero=False) if split.meta.global_dim else None
     token_rows, mask_rows = tokens.numpy(), mask.numpy()
@@ -731,7 +830,14 @@ def read_split_arrays(split: BankSplit, pin: bool = False) -> tuple[torch.Tensor
         lengths = np.asarray(chunk.lengths, dtype=np.int64)
         stem = _stem(split.dir, chunk.index)
         in_order = bool(len(rows)) and rows[0] >= 0 and bool((rows == np.arange(rows[0], rows[0] + len(rows))).all())
-        if in_order and bool((lengths == t_max).all()):
+        if not read_tokens:
+            chunk_mask = np.empty((int(lengths.sum()), freq), bool)
+            _read_npy_into(stem.with_suffix(".mask.npy"), chunk_mask)
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            for row, start, length in zip(rows, starts, lengths):
+                if row >= 0:
+                    mask_rows[row, :length] = chunk_mask[start : start + length]
+        elif in_order and bool((lengths == t_max).all()):
             first, last = int(rows[0]), int(rows[0]) + len(rows)
             # (n, T, F, D) rows are the file's (n T, F, D) array: same bytes, read in place
             _read_npy_into(stem.with_suffix(".tokens.npy"), token_rows[first:last].reshape(-1, freq, dim))
@@ -755,7 +861,7 @@ def read_split_arrays(split: BankSplit, pin: bool = False) -> tuple[torch.Tensor
             chunk_globals = np.empty((len(rows), split.meta.global_dim), np.float32)
             _read_npy_into(stem.with_suffix(".global.npy"), chunk_globals)
             global_rows[rows[rows >= 0]] = chunk_globals[rows >= 0]
-    return tokens, mask, globals_
+    return (tokens if read_tokens else None), mask, globals_
 
 
 # bank.json keys that must match for an extraction to add to (or resume) an existing bank.
