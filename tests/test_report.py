@@ -167,7 +167,7 @@ def test_report_writes_every_file_and_says_what_it_rests_on(tmp_path):
 
 def test_report_of_run_folders_bootstraps_their_per_clip_scores(tiny_bank, tmp_path):
     from patchprobe.bank import LoadedBank
-    from patchprobe.train import Run, TrainConfig, fit
+    from patchprobe.train import TrainConfig, fit
 
     bank = LoadedBank.load(tiny_bank)
     configs = [TrainConfig(probe=p, epochs=1, batch_size=4, lr=1e-2, seed=s) for p in ("linear", "protobin") for s in (0, 1)]
@@ -177,11 +177,17 @@ def test_report_of_run_folders_bootstraps_their_per_clip_scores(tiny_bank, tmp_p
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["runs"] == 4 and report["probes"] == ["linear", "protobin"]
-    if hasattr(Run, "scores"):
-        assert report["bootstrap"]["cells_with_scores"] == 2 and len(report["paired_bootstrap"]) == 1
-        assert (out / "bootstrap_ci.csv").exists()
-    else:
-        assert report["bootstrap"]["missing"] == {"this patchprobe version's runs hold no per-clip scores": 4}
+    assert report["bootstrap"]["cells_with_scores"] == 2 and len(report["paired_bootstrap"]) == 1
+    assert report["bootstrap"]["missing"] == {}
+    intervals = pd.read_csv(out / "bootstrap_ci.csv")
+    assert (intervals["ci_low"] <= intervals["estimate"]).all() and (intervals["estimate"] <= intervals["ci_high"]).all()
+    # a run written before scores were saved: said on the page, not faked
+    (tmp_path / "runs" / "linear" / "seed=0" / "scores.npz").unlink()
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "runs"), "--out", str(out), "--resamples", "50"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["bootstrap"]["cells_with_scores"] == 1 and report["paired_bootstrap"] == []
+    assert "written before patchprobe saved scores.npz" in (out / "index.html").read_text()
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path):
@@ -259,7 +265,6 @@ def test_report_of_a_grid_file_and_of_one_sweep_folder(tmp_path):
     import yaml
 
     from patchprobe.bench import run_grid
-    from patchprobe.train import Run
 
     grid = {"name": "t", "trials": 2, "epochs": 1, "seeds": 2, "probes": ["linear", "protobin"],
             "encoders": [{"name": "toy-vit", "args": {"width": 32, "depth": 1, "heads": 2}}],
@@ -273,7 +278,7 @@ def test_report_of_a_grid_file_and_of_one_sweep_folder(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "from-grid" / "report.json").read_text())
     assert report["runs"] == 4 and report["encoders"] == ["toy-vit"] and report["datasets"] == ["ml"]
-    assert report["bootstrap"]["cells_with_scores"] == (2 if hasattr(Run, "scores") else 0)
+    assert report["bootstrap"]["cells_with_scores"] == 2 and len(report["paired_bootstrap"]) == 1
     assert "search time" in (tmp_path / "from-grid" / "tables.md").read_text()
     # one sweep folder: its two final seed runs, and the search time its summary.json records
     result = runner.invoke(app, ["report", str(tmp_path / "runs" / "toy-vit" / "ml" / "protobin"), "--out", str(tmp_path / "one")])
@@ -294,3 +299,12 @@ def test_the_demo_ends_with_its_report(tmp_path):
     assert report["probes"] == ["linear", "protobin"] and report["runs"] == 2 and report["encoders"] == ["toy-vit"]
     page = (tmp_path / "demo" / "report" / "index.html").read_text()
     assert "patchprobe demo: toy-vit on synthetic events" in page and "demo folder: 2 runs" in page
+
+
+def test_a_rerun_into_the_same_folder_leaves_no_file_of_the_earlier_report(tmp_path):
+    write_report(ResultsInput(synthetic_table(), ["synthetic"]), tmp_path, ReportConfig(pairs=[("A", "B")]))
+    (tmp_path / "mine.txt").write_text("not the report's")
+    one_probe = synthetic_table()[lambda t: t["probe"] == "A"]
+    write_report(ResultsInput(one_probe, ["one probe"]), tmp_path, ReportConfig(pairs=[]))
+    assert not (tmp_path / "win_matrix.png").exists() and not (tmp_path / "critical_difference.svg").exists()
+    assert (tmp_path / "mine.txt").exists() and (tmp_path / "index.html").exists()

@@ -44,6 +44,7 @@ def write_report(inputs: list[str | Path] | ResultsInput, out: str | Path, confi
     results = inputs if isinstance(inputs, ResultsInput) else read_results(inputs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _remove_previous_report(out)
     table = results.table
     split_rows = table[table["split"] == config.split]
     if split_rows.empty:
@@ -138,6 +139,20 @@ def write_report(inputs: list[str | Path] | ResultsInput, out: str | Path, confi
     return report
 
 
+# What a report writes; a rerun into the same folder removes them first, so no file of an earlier report (a
+# figure this input cannot draw, a test this input cannot run) is left beside the new page.
+REPORT_FILES = ("index.html", "report.json", "tables.md", "tables.tex", "tables.csv", "win_matrix.csv", "wilcoxon_holm.csv",
+                "bootstrap_ci.csv", "paired_bootstrap.csv", "win_matrix.*", "rerank_*_vs_*.*", "parameter_efficiency.*",
+                "critical_difference.*")
+
+
+def _remove_previous_report(out: Path) -> None:
+    for pattern in REPORT_FILES:
+        for path in out.glob(pattern):
+            if path.is_file() and path.suffix in (".html", ".json", ".md", ".tex", ".csv", ".png", ".svg"):
+                path.unlink()
+
+
 def _esc(text: str) -> str:
     from html import escape
 
@@ -194,16 +209,13 @@ def _statistics_section(matrix, cells, judged, metrics, config: ReportConfig, ou
 
 
 NO_RUN_PATHS = "the input does not say where its runs are"
-NO_SCORE_API = "this patchprobe version's runs hold no per-clip scores"
-GENERAL_REASONS = (NO_RUN_PATHS, NO_SCORE_API)
+GENERAL_REASONS = (NO_RUN_PATHS,)
 
 
 def _clip_scores(run_folder: str, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | str:
     """(clip_ids, labels (N, C), scores (N, C) float32) of a run, or why there are none."""
     if not run_folder:
         return NO_RUN_PATHS
-    if not hasattr(Run, "scores"):
-        return NO_SCORE_API
     try:
         clip_ids, labels, scores = Run(run_folder).scores(split)
     except RunError as exc:  # an absent or unreadable score file is reported, never faked
