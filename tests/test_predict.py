@@ -190,3 +190,31 @@ def test_timeline_refused_for_heads_without_prototypes(tiny_bank, long_recording
     assert result.predictions[0].activity is None
     with pytest.raises(ValueError, match="prototype heads"):
         write_timeline(result, tmp_path / "t.csv")
+
+
+def test_activity_peaks_fall_in_the_generated_events_more_often_than_chance(tmp_path):
+    """Loose check of benchmarks/timeline.py at test size (toy-vit, 3 s clips): the peak of a present class's curve
+    lies inside one of its generated events clearly more often than a uniformly random time would."""
+    from patchprobe.bank import extract_bank
+    from patchprobe.datasets import SyntheticConfig, load_synthetic_dataset
+    from patchprobe.datasets.synthetic import clip_rng, synthesize_clip_events
+    from patchprobe.encoders import create_encoder
+
+    config = SyntheticConfig(seed=0, sizes={"train": 80, "valid": 20, "test": 30}, clip_seconds=3.0, max_classes=2,
+                             classes=("harmonic", "noise_low", "clicks", "trill"))
+    dataset = load_synthetic_dataset(tmp_path / "data", config)
+    bank = extract_bank(dataset, create_encoder("toy-vit", width=32, depth=1, heads=2), tmp_path / "bank", progress=False)
+    fit(bank, [TrainConfig(probe="protobin", probe_args={"prototypes_per_class": 4}, epochs=30, batch_size=16, lr=0.3)],
+        [tmp_path / "run"], progress=False)
+    predictor = Predictor.from_run(tmp_path / "run")
+    paths = [dataset.path_of(clip_id) for clip_id in dataset.clip_ids("test")]
+    hits, chance = [], []
+    for index, prediction in enumerate(predictor.predict_files(paths, timeline=True).predictions):
+        _, labels, events = synthesize_clip_events(config, clip_rng(config.seed, "test", index))
+        for name in labels:
+            spans = [(on, off) for label, on, off in events if label == name]
+            peak = prediction.times_s[np.argmax(prediction.activity[:, predictor.classes.index(name)])]
+            hits.append(any(on - 0.08 <= peak <= off + 0.08 for on, off in spans))
+            chance.append(sum(off - on for on, off in spans) / prediction.duration_s)
+    assert len(hits) >= 30
+    assert np.mean(hits) > 1.5 * np.mean(chance) and np.mean(hits) > 0.3, (np.mean(hits), np.mean(chance))
