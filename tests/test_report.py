@@ -308,3 +308,9 @@ def test_a_rerun_into_the_same_folder_leaves_no_file_of_the_earlier_report(tmp_p
     write_report(ResultsInput(one_probe, ["one probe"]), tmp_path, ReportConfig(pairs=[]))
     assert not (tmp_path / "win_matrix.png").exists() and not (tmp_path / "critical_difference.svg").exists()
     assert (tmp_path / "mine.txt").exists() and (tmp_path / "index.html").exists()
+
+
+def test_each_dataset_is_judged_by_its_primary_metric():
+    single = synthetic_table({"s": {"A": [0.5, 0.5]}}).assign(metric="accuracy")
+    table = pd.concat([synthetic_table(), single, single.assign(metric="map")])
+    assert stats.primary_metrics(table) == {"d1": "map", "d2": "map", "d3": "map", "s": "accuracy"}

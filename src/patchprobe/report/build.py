@@ -61,6 +61,8 @@ def write_report(inputs: list[str | Path] | ResultsInput, out: str | Path, confi
                     "runs": int(len(judged.drop_duplicates(["encoder", "dataset", "draw", "probe", "seed"]))), "figures": {}}
     seeds = judged.groupby(["encoder", "dataset", "draw", "probe"], dropna=False)["seed"].nunique()
     report["seeds_per_cell"] = {"min": int(seeds.min()), "max": int(seeds.max())}
+    seed_count = (f"{seeds.min()} seed{'s' if seeds.min() > 1 else ''}" if seeds.min() == seeds.max()
+                  else f"{seeds.min()}-{seeds.max()} seeds")
     page_sections: list[Section] = []
 
     # 1. tables
@@ -76,7 +78,7 @@ def write_report(inputs: list[str | Path] | ResultsInput, out: str | Path, confi
     for paper in tables:
         section.add_html(paper.to_html())
     page_sections.append(section)
-    rests = f"{len(matrix)} (encoder, dataset) cells, {report['seeds_per_cell']['min']}-{report['seeds_per_cell']['max']} seeds per cell"
+    rests = f"{len(matrix)} (encoder, dataset) cells, {seed_count} per cell"
 
     # 2. win matrix
     section = Section("Win matrix")
@@ -110,7 +112,7 @@ def write_report(inputs: list[str | Path] | ResultsInput, out: str | Path, confi
                                    f"left and {b} on the right; crossing lines mean the probe changes which backbone looks best. "
                                    "Kendall's tau is 1 for the same order, -1 for the reverse.",
                                    f"{len(result['encoders'])} encoders x {len(result['datasets'])} datasets where both probes have every "
-                                   f"encoder; {report['seeds_per_cell']['min']}+ seeds per cell", report))
+                                   f"encoder; {seed_count} per cell", report))
     page_sections.append(section)
 
     # 4. parameter efficiency
@@ -125,12 +127,12 @@ def write_report(inputs: list[str | Path] | ResultsInput, out: str | Path, confi
     page_sections.append(section)
 
     # 5. statistics
-    page_sections.append(_statistics_section(matrix, cells, judged, metrics, config, out, report))
+    page_sections.append(_statistics_section(matrix, config, out, report, seed_count))
     page_sections.append(_bootstrap_section(judged, metrics, config, out, report))
 
     write_json(out / "report.json", report)
     intro = [f"<p>{len(encoders)} encoder(s), {len(datasets)} dataset(s), {len(probes)} probe(s): {report['cells']} cells, "
-             f"{report['runs']} runs, {report['seeds_per_cell']['min']}-{report['seeds_per_cell']['max']} seeds per cell; "
+             f"{report['runs']} runs, {seed_count} per cell; "
              f"{config.split} split, metric per dataset: " + ", ".join(f"{d} {m}" for d, m in metrics.items()) + ".</p>",
              "<ul class='sources'>" + "".join(f"<li>{_esc(s)}</li>" for s in results.sources) + "</ul>"]
     intro += [f"<p class='note'>{_esc(n)}</p>" for n in report["notes"]]
@@ -182,7 +184,7 @@ def _efficiency_points(judged: pd.DataFrame, matrix: pd.DataFrame) -> pd.DataFra
     return pd.DataFrame(rows, columns=["encoder", "probe", "family", "parameters", "score"])
 
 
-def _statistics_section(matrix, cells, judged, metrics, config: ReportConfig, out: Path, report: dict) -> Section:
+def _statistics_section(matrix: pd.DataFrame, config: ReportConfig, out: Path, report: dict, seed_count: str) -> Section:
     section = Section("Across cells: Friedman test and critical differences")
     result = stats.friedman_nemenyi(matrix, config.alpha)
     report["friedman"] = result
@@ -192,7 +194,7 @@ def _statistics_section(matrix, cells, judged, metrics, config: ReportConfig, ou
                          "probe left out).", "warn")
         return section
     rests = (f"{result['cells']} complete cells x {result['probes']} probes ({result['cells_dropped']} cells with a missing probe left "
-             f"out); each cell's score is a mean over {report['seeds_per_cell']['min']}+ seeds")
+             f"out); each cell's score is a mean over {seed_count}")
     section.add_text(f"Friedman chi-square = {result['statistic']:.2f}, p = {result['p_value']:.3g} over {result['cells']} cells; "
                      f"Nemenyi critical difference at alpha {config.alpha}: {result['critical_difference']:.2f} ranks.")
     section.add_figure(_figure(paper_figures.cd_diagram(result["mean_ranks"], result["critical_difference"], result["cells"],

@@ -52,8 +52,12 @@ def cell_summary(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def primary_metrics(table: pd.DataFrame, preferred: tuple[str, ...] = ("map", "accuracy")) -> dict[str, str]:
-    """dataset -> the metric it is judged by: the first of `preferred` the dataset reports (else its first metric)."""
+def primary_metrics(table: pd.DataFrame, preferred: tuple[str, ...] = ("accuracy", "map")) -> dict[str, str]:
+    """dataset -> the metric it is judged by: the first of `preferred` the dataset reports (else its first metric).
+
+    Only single-label datasets report accuracy (multi-label ones report map, auroc, ...), so the default
+    order gives each dataset the primary metric its runs were judged by (`train.primary_metric`).
+    """
     chosen = {}
     for dataset, group in table.groupby("dataset", sort=False):
         reported = list(dict.fromkeys(group["metric"]))
