@@ -203,7 +203,10 @@ class Grid:
         identity = {"encoder": self.encoders[job.encoder].model_dump(mode="json"),
                     "dataset": entry.model_dump(mode="json", exclude={"probe_args"}), "draw": draw}
         if job.kind == "sweep":
-            identity["search"] = self.sweep_config(job.probe, job.dataset).model_dump(mode="json", exclude={"device"})
+            # settings left at their defaults are left out, so a new search option added to the library does not
+            # make every earlier grid folder "another setting"; a grid file's own values are always recorded
+            identity["search"] = self.sweep_config(job.probe, job.dataset).model_dump(mode="json", exclude={"device"},
+                                                                                      exclude_defaults=True)
         return identity
 
     def identity_file(self, job: Job) -> Path:
