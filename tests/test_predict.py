@@ -12,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from patchprobe.cli import app
+from patchprobe.errors import RunError
 from patchprobe.predict import (RAVEN_COLUMNS, Decisions, Predictor, collect_audio, rebuild_encoder, write_predictions,
                                 write_timeline)
 from patchprobe.train import Run, TrainConfig, fit
@@ -43,7 +44,7 @@ def test_the_encoder_is_rebuilt_from_the_run_and_checked(protobin_run):
     encoder = rebuild_encoder(run)
     assert encoder.name == "toy-vit" and encoder.config_hash() == run.bank.encoder_config_hash
     assert encoder.token_dim == 32  # width read from the bank's recorded settings
-    with pytest.raises(Exception, match="--encoder-arg"):
+    with pytest.raises(RunError, match="--encoder-arg"):
         rebuild_encoder(run, overrides={"seed": 5})
 
 
