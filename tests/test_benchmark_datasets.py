@@ -2,6 +2,7 @@
 the source of each layout), through extraction and training; fetch hints; `patchprobe datasets check`."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -326,3 +327,20 @@ def test_a_truncated_wav_row_is_reported_not_shortened(tmp_path):
     report = validate_dataset(create_dataset("esc50", data_dir=root))
     problems = {item: detail for found in report.problems.values() for item, detail in found.items()}
     assert list(problems) == ["1-1000-A-0.wav"] and "declares" in problems["1-1000-A-0.wav"]
+
+
+def test_mixup_variants_and_filtered_datasets_pass_audio_stamps_on(tmp_path):
+    from patchprobe.datasets.validate import FilteredDataset
+
+    base = create_dataset("hsn", data_dir=hub_fixtures.birdset_data_branch(tmp_path), k=2, valid_fraction=0.0)
+    mixed = MixupAugmented(base, MixupConfig(variants=1, p=1.0, seed=4))
+    variant = next(i for i in mixed.clip_ids("train") if i.endswith("#mix0"))
+    recipe = mixed.recipe(variant)
+    assert mixed.audio_stamp(recipe["clip"]) == base.audio_stamp(recipe["clip"])
+    before = mixed.audio_stamp(variant)
+    assert before.startswith("mix:") and before == MixupAugmented(base, MixupConfig(variants=1, p=1.0, seed=4)).audio_stamp(variant)
+    partner = Path(base.record(recipe["partners"][0]).path)
+    hub_fixtures.sf.write(partner, hub_fixtures.tone(4.0, 32000, 999.0), 32000, format="OGG", subtype="VORBIS")
+    assert mixed.audio_stamp(variant) != before  # a changed partner changes the variant
+    kept = base.clip_ids("test")[0]
+    assert FilteredDataset(base, {}).audio_stamp(kept) == base.audio_stamp(kept)

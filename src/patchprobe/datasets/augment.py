@@ -13,6 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import DatasetError
+from .._io import stable_hash
 from .base import AudioDataset, Clip
 
 
@@ -84,6 +85,17 @@ class MixupAugmented(AudioDataset):
         recipe = self._recipes[clip_id]
         vectors = [self.base.labels_of(c) for c in [recipe["clip"], *recipe["partners"]]]
         return np.max(np.stack(vectors), axis=0)
+
+    def audio_stamp(self, clip_id: str) -> str | None:
+        """A variant's audio is its recipe over its clips' audio: the stamps of the clip and its partners and
+        the recipe, hashed (None when any part cannot tell)."""
+        if clip_id not in self._recipes:
+            return self.base.audio_stamp(clip_id)
+        recipe = self._recipes[clip_id]
+        parts = [self.base.audio_stamp(c) for c in [recipe["clip"], *recipe["partners"]]]
+        if any(part is None for part in parts):
+            return None
+        return "mix:" + stable_hash({"stamps": parts, "snr_db": recipe["snr_db"]}, length=24)
 
     def load(self, clip_id: str, target_sr: int | None = None) -> Clip:
         if clip_id not in self._recipes:

@@ -240,6 +240,9 @@ class FilteredDataset(AudioDataset):
     def labels_of(self, clip_id: str) -> np.ndarray:
         return self.base.labels_of(clip_id)
 
+    def audio_stamp(self, clip_id: str) -> str | None:
+        return self.base.audio_stamp(clip_id)
+
     def check_audio(self, clip_id: str) -> None:
         self.base.check_audio(clip_id)
 
