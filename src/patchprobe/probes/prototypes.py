@@ -74,7 +74,9 @@ class _ChunkedMaxSimilarity(torch.autograd.Function):
         transposed = prototypes.T
         for start in range(0, count, step):
             sims = torch.matmul(tokens[:, start : start + step], transposed)  # (B, n, M)
-            sims.masked_fill_(~mask[:, start : start + step, None], float("-inf"))
+            padding = ~mask[:, start : start + step]
+            if padding.any():  # blocks of real tokens only (the usual case) skip a pass over the values
+                sims.masked_fill_(padding.unsqueeze(-1), float("-inf"))
             values, index = sims.max(dim=1)
             better = values > best
             best = torch.where(better, values, best)
@@ -89,14 +91,19 @@ class _ChunkedMaxSimilarity(torch.autograd.Function):
         grad = grad.masked_fill(torch.isinf(best), 0.0)  # a clip without a valid token sends no gradient
         batch, _, dim = tokens.shape
         step = max(1, ctx.block // max(1, prototypes.shape[0] * dim))
-        grad_tokens = torch.zeros_like(tokens) if ctx.needs_input_grad[0] else None
-        grad_prototypes = torch.zeros_like(prototypes) if ctx.needs_input_grad[2] else None
-        for start in range(0, batch, step):
-            rows = slice(start, start + step)
-            winners = where[rows, :, None].expand(-1, -1, dim)  # (b, M, D)
-            if grad_prototypes is not None:
-                grad_prototypes += torch.einsum("bm,bmd->md", grad[rows], torch.gather(tokens[rows], 1, winners))
-            if grad_tokens is not None:
+        grad_prototypes = None
+        if ctx.needs_input_grad[2]:
+            # one weighted bag per prototype over the B winning token rows: no (B, M, D) intermediate
+            flat = tokens.reshape(-1, dim)
+            rows = where + torch.arange(batch, device=where.device)[:, None] * tokens.shape[1]  # (B, M) into flat
+            grad_prototypes = F.embedding_bag(rows.T.contiguous(), flat, per_sample_weights=grad.T.contiguous().to(flat.dtype),
+                                              mode="sum").to(prototypes.dtype)
+        grad_tokens = None
+        if ctx.needs_input_grad[0]:
+            grad_tokens = torch.zeros_like(tokens)
+            for start in range(0, batch, step):
+                rows = slice(start, start + step)
+                winners = where[rows, :, None].expand(-1, -1, dim)  # (b, M, D)
                 grad_tokens[rows].scatter_add_(1, winners, grad[rows, :, None] * prototypes[None])
         return grad_tokens, None, grad_prototypes, None
 
