@@ -343,6 +343,7 @@ def collect_results(grid: Grid) -> pd.DataFrame:
                             "lr": summary["best"]["lr"], "weight_decay": summary["best"]["weight_decay"],
                             "lr_edge": summary["edge"]["lr"], "weight_decay_edge": summary["edge"]["weight_decay"],
                             "trials_complete": summary["trials"]["complete"], "trials_pruned": summary["trials"]["pruned"],
+                            "run": str(folder / "final" / f"seed={seed}"),  # where `patchprobe report` finds per-clip scores
                         })
     table = pd.DataFrame(rows)
     grid.results.mkdir(parents=True, exist_ok=True)
