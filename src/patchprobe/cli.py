@@ -71,7 +71,7 @@ def _split_list(text: str) -> list[str]:
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/bold red] {escape(_describe_error(exc))}")
+    console.print(f"[bold red]error:[/bold red] {escape(_describe_error(exc))}", soft_wrap=True)  # one line, whatever the width
     raise typer.Exit(code=2)
 
 
