@@ -22,6 +22,7 @@ import logging
 import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -189,6 +190,31 @@ def example_inputs(probe, batch: int = 2, time: int = 5, seed: int = 0) -> dict[
     return inputs
 
 
+def _write_onnx(path: Path, export: Callable[[Path], None], metadata: dict[str, str], what: str) -> None:
+    """Run `export(tmp)` quietly, add `metadata` to the graph and move it to `path` atomically.
+
+    The exporter logs about absent torchvision ops and renamed axes and prints progress; none of it
+    concerns the user. Any failure becomes an ExportError naming `what`, with the cause kept.
+    """
+
+    def write(tmp: Path) -> None:
+        exporter_log = logging.getLogger("torch.onnx")
+        level = exporter_log.level
+        exporter_log.setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                export(tmp)
+        finally:
+            exporter_log.setLevel(level)
+        _write_metadata(tmp, metadata)
+
+    try:
+        atomic_write_with(path, write)
+    except Exception as exc:  # the exporter raises many types; name what was exported and keep the cause
+        raise ExportError(f"ONNX export of {what} failed: {type(exc).__name__}: {exc}") from exc
+
+
 def export_onnx(probe, path: str | Path, opset: int = 18, metadata: dict[str, str] | None = None) -> dict:
     """Write `probe` as an ONNX graph with dynamic batch and time axes, then check it with onnxruntime.
 
@@ -209,25 +235,12 @@ def export_onnx(probe, path: str | Path, opset: int = 18, metadata: dict[str, st
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    def write(tmp: Path) -> None:
-        # The exporter logs about absent torchvision ops and renamed axes; none of it concerns a probe.
-        exporter_log = logging.getLogger("torch.onnx")
-        level = exporter_log.level
-        exporter_log.setLevel(logging.ERROR)
-        try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-                warnings.simplefilter("ignore")
-                program = torch.onnx.export(probe, (), kwargs=inputs, dynamic_shapes=shapes, dynamo=True, opset_version=opset,
-                                            input_names=list(inputs), output_names=["logits"], verbose=False)
-            program.save(str(tmp), external_data=False)
-        finally:
-            exporter_log.setLevel(level)
-        _write_metadata(tmp, metadata)
+    def export(tmp: Path) -> None:
+        program = torch.onnx.export(probe, (), kwargs=inputs, dynamic_shapes=shapes, dynamo=True, opset_version=opset,
+                                    input_names=list(inputs), output_names=["logits"], verbose=False)
+        program.save(str(tmp), external_data=False)
 
-    try:
-        atomic_write_with(path, write)
-    except Exception as exc:  # the exporter raises many types; name the probe and keep the cause
-        raise ExportError(f"ONNX export of {probe.name!r} failed: {type(exc).__name__}: {exc}") from exc
+    _write_onnx(path, export, metadata, repr(probe.name))
     check = example_inputs(probe, batch=3, time=7, seed=1)  # other sizes than the traced ones
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {k: v.numpy() for k, v in check.items()})[0]
@@ -398,25 +411,13 @@ def export_pipeline(encoder: Encoder, probe: Probe, path: str | Path, classes: l
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    def write(tmp: Path) -> None:
-        exporter_log = logging.getLogger("torch.onnx")
-        level = exporter_log.level
-        exporter_log.setLevel(logging.ERROR)
-        try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
-                warnings.simplefilter("ignore")
-                program = torch.onnx.export(pipeline, (example,), dynamic_shapes=(axes,),
-                                            dynamo=True, opset_version=opset, input_names=["waveforms"], output_names=["scores"],
-                                            verbose=False)
-            program.save(str(tmp), external_data=False)
-        finally:
-            exporter_log.setLevel(level)
-        _write_metadata(tmp, metadata)
+    def export(tmp: Path) -> None:
+        with torch.no_grad():
+            program = torch.onnx.export(pipeline, (example,), dynamic_shapes=(axes,), dynamo=True, opset_version=opset,
+                                        input_names=["waveforms"], output_names=["scores"], verbose=False)
+        program.save(str(tmp), external_data=False)
 
-    try:
-        atomic_write_with(path, write)
-    except Exception as exc:  # the exporter raises many types; name the encoder and keep the cause
-        raise ExportError(f"ONNX export of {encoder.name!r} + {probe.name!r} failed: {type(exc).__name__}: {exc}") from exc
+    _write_onnx(path, export, metadata, f"{encoder.name!r} + {probe.name!r}")
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     seconds = check_seconds or ((fixed / rate,) if fixed else (1.3, natural, round(1.7 * natural, 2)))
     checked = {}
