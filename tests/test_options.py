@@ -48,3 +48,18 @@ def test_cli_train_refuses_before_any_work_naming_flag_and_range(tmp_path, flag,
     assert "Traceback" not in flat and flag in flat and re.search(RANGE[flag], flat), result.output
     assert "bank" not in flat.replace("--bank", ""), result.output
     assert not out.exists()
+
+
+def test_synthetic_dataset_options_are_checked_before_any_work(tmp_path):
+    """Unknown --dataset-arg keys of the synthetic generator were silently ignored (n_train=40 made 1,000 clips)."""
+    from typer.testing import CliRunner
+
+    from patchprobe.cli import app
+
+    runner = CliRunner()
+    base = ["extract", "--dataset", "synthetic", "--encoder", "toy-vit", "--bank", str(tmp_path / "bank")]
+    result = runner.invoke(app, base, env={"COLUMNS": "300"})
+    assert result.exit_code == 2 and "--data-dir DIR" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, [*base, "--data-dir", str(tmp_path / "data"), "--dataset-arg", "n_train=40"], env={"COLUMNS": "300"})
+    assert result.exit_code == 2 and "unknown option(s) ['n_train']" in result.output and "sizes" in result.output
+    assert not (tmp_path / "data").exists() and not (tmp_path / "bank").exists()

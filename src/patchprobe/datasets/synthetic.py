@@ -19,6 +19,7 @@ import soundfile as sf
 from pydantic import BaseModel, ConfigDict, Field
 
 from .._io import atomic_write_with, read_json, stable_hash, write_json
+from ..errors import DatasetError
 from .base import DATASETS
 from .manifest import ManifestDataset
 
@@ -269,5 +270,13 @@ def load_synthetic_dataset(root: str | Path, config: SyntheticConfig, progress: 
 
 
 @DATASETS.register("synthetic", "seeded synthetic sound events (multilabel or singlelabel control)")
-def _synthetic_dataset(root: str | Path, **config) -> ManifestDataset:
-    return load_synthetic_dataset(root, SyntheticConfig(**config))
+def _synthetic_dataset(root: str | Path | None = None, data_dir: str | Path | None = None, **config) -> ManifestDataset:
+    """The synthetic dataset in `root` (or `data_dir`, the CLI's --data-dir), generated there once."""
+    folder = root or data_dir
+    if folder is None:
+        raise DatasetError("synthetic: say where the clips go: --data-dir DIR (Python: root=DIR); they are written once "
+                           "and reused")
+    unknown = sorted(set(config) - set(SyntheticConfig.model_fields))
+    if unknown:
+        raise DatasetError(f"synthetic: unknown option(s) {unknown}; options are {sorted(SyntheticConfig.model_fields)}")
+    return load_synthetic_dataset(folder, SyntheticConfig(**config))
