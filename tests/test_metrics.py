@@ -41,5 +41,9 @@ def test_asymmetric_loss_formula():
     targets = torch.tensor([[1.0, 0.0, 0.0]])
     p = torch.sigmoid(logits)[0]
     pm = (p - 0.05).clamp(min=0)
-    expected = -(torch.log(p[0]) + sum(pm[i] ** 4 * torch.log(1 - pm[i]) for i in (1, 2)))
+    negatives = sum(pm[i] ** 4 * torch.log(1 - pm[i]) for i in (1, 2))
+    # the default is Bird-MAE's gamma_pos = 1: the positive term is weighted by (1 - p)
+    expected = -((1 - p[0]) * torch.log(p[0]) + negatives)
     assert asymmetric_loss(logits, targets).item() == pytest.approx(expected.item(), rel=1e-6)
+    expected_unfocused = -(torch.log(p[0]) + negatives)  # Ridnik et al.'s training scripts: gamma_pos = 0
+    assert asymmetric_loss(logits, targets, gamma_pos=0.0).item() == pytest.approx(expected_unfocused.item(), rel=1e-6)
