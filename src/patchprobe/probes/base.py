@@ -56,7 +56,7 @@ class Probe(nn.Module):
 
     def forward_pooled(self, pooled: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits from pooled inputs {kind: (B, H)} (kinds: `pooled_inputs`), equal to `forward` on the token maps."""
-        raise NotImplementedError(f"{self.name} reads token maps, not pooled vectors (pooled_inputs is None)")
+        raise TypeError(f"{self.name} reads token maps, not pooled vectors (pooled_inputs is None)")
 
     def forward_batch(self, batch: dict, device: str | torch.device) -> torch.Tensor:
         """Logits (B, C) of a `LoadedSplit.batch` moved to `device`: its pooled inputs when it carries them, else its tokens."""
