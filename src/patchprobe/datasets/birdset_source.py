@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import DatasetError
 from .birdset import all_windows, kshot_subset
-from .hf import Built, ClipRecord, entry_seconds, label_names, open_source
+from .hf import Built, ClipRecord, audio_column, class_names_of, entry_seconds, label_names, open_source
 from .hub_files import HubFiles, unpack_shards
 
 BIRDSET_REPO = "DBD-research-group/BirdSet"
@@ -110,8 +110,6 @@ def read_data_branch(key: str, config: str, root: Path, unpack_to: Path | None =
 
 def read_saved_copy(key: str, data_dir: Path) -> dict[str, BirdSetSplit]:
     """The train and test_5s splits of a `save_to_disk` copy written by `datasets` <= 3.6 (labels as ClassLabel)."""
-    from .hf import audio_column, class_names_of
-
     sources = open_source(key, BIRDSET_REPO, None, data_dir)
     if "train" not in sources or "test_5s" not in sources:
         raise DatasetError(f"{key}: the save_to_disk copy at {data_dir} needs the train and test_5s splits (found {sorted(sources)})")

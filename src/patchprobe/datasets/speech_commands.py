@@ -37,7 +37,7 @@ DOWNLOAD = (f"`curl -LO http://download.tensorflow.org/data/{RELEASE}.tar.gz` (2
             "DIR/speech_commands_test_set_v0.02/), then pass --data-dir DIR")
 
 
-def _unpacked(key: str, root: Path, name: str, is_release) -> Path | None:
+def _unpacked(root: Path, name: str, is_release) -> Path | None:
     """The folder holding release `name` under `root` (or `root` itself), unpacking `root/<name>.tar.gz` once."""
     for candidate in (root, root / name, root.parent / name):
         if candidate.is_dir() and is_release(candidate):
@@ -90,12 +90,12 @@ def build_speech_commands(key: str, data_dir, options: dict) -> Built:
     root = Path(data_dir)
     if not root.exists():
         raise DatasetError(f"{key}: --data-dir {root} does not exist. {DOWNLOAD}")
-    release = _unpacked(key, root, RELEASE, _is_release)
+    release = _unpacked(root, RELEASE, _is_release)
     if release is None:
         raise DatasetError(f"{key}: no validation_list.txt/testing_list.txt in {root}, {root / RELEASE} or a "
                            f"{RELEASE}.tar.gz there. {DOWNLOAD}")
     test_root = Path(options["test_dir"]) if options["test_dir"] else root
-    test_release = _unpacked(key, test_root, TEST_RELEASE, _is_test_release)
+    test_release = _unpacked(test_root, TEST_RELEASE, _is_test_release)
     if test_release is None:
         raise DatasetError(f"{key}: the test set (folders _silence_/ and _unknown_/) is not in {test_root / TEST_RELEASE} "
                            f"nor a {TEST_RELEASE}.tar.gz there; pass --dataset-arg test_dir=DIR where it lies. {DOWNLOAD}")
