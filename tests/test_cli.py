@@ -75,7 +75,7 @@ def test_probes_table_counts_parameters_for_given_sizes(monkeypatch):
     monkeypatch.setattr(cli.console, "_width", 250)  # wide enough that no cell folds: family, lr range, grid, arguments
     wide = runner.invoke(app, ["probes"])
     protobin = next(line for line in wide.output.splitlines() if " protobin " in line)
-    for cell in ("prototype", "0.01-3", "0.03, 0.1, 0.3", "prototypes_per_class=20, dropout=0.0"):
+    for cell in ("prototype", "0.01-3", "0.01, 0.03, 0.1, 0.3", "prototypes_per_class=20, dropout=0.0"):
         assert cell in protobin, protobin
 
 

@@ -187,7 +187,8 @@ def test_registry_error_lists_known_probes():
         create_probe("nope", token_dim=4, num_classes=2)
 
 
-# The search ranges and demo grids as they were before they moved onto the registrations (behaviour unchanged).
+# The search ranges and demo grids on the registrations (protobin/protofloat gained 0.01 in issue 16: the
+# default-vs-tuned benchmark picked 0.03, their low edge, and 0.01 was better on small banks).
 PINNED = {
     **{name: ((1e-3, 1.0), [3e-3, 1e-2, 3e-2, 1e-1, 3e-1]) for name in ("linear", "mlp", "linearc", "freqpool")},
     "conv": ((1e-3, 1.0), [3e-3, 1e-2, 3e-2, 1e-1]),
@@ -195,7 +196,7 @@ PINNED = {
     **{name: ((3e-4, 0.1), [3e-3, 1e-2, 3e-2]) for name in ("mhca", "simpool")},
     **{name: ((3e-3, 1.0), [1e-2, 3e-2, 1e-1, 3e-1]) for name in ("ep", "abmilp")},
     "proto": ((1e-2, 10.0), [3e-2, 1e-1, 3e-1, 1.0, 3.0]),
-    **{name: ((1e-2, 3.0), [3e-2, 1e-1, 3e-1]) for name in ("protobin", "protofloat")},
+    **{name: ((1e-2, 3.0), [1e-2, 3e-2, 1e-1, 3e-1]) for name in ("protobin", "protofloat")},
 }
 
 

@@ -253,7 +253,7 @@ class ProtoProbe(PrototypeProbe):
 
 
 @PROBES.register("protobin", "binarized class-agnostic prototypes, max cosine over tokens, linear head",
-                 family="prototype", lr_range=(1e-2, 3.0), lr_grid=[3e-2, 1e-1, 3e-1])
+                 family="prototype", lr_range=(1e-2, 3.0), lr_grid=[1e-2, 3e-2, 1e-1, 3e-1])
 class ProtoBinProbe(PrototypeProbe):
     """Binarized prototypical probe (Rauch et al., 2026).
 
@@ -289,7 +289,7 @@ class ProtoBinProbe(PrototypeProbe):
 
 
 @PROBES.register("protofloat", "protobin without binarization: float class-agnostic prototypes",
-                 family="prototype", lr_range=(1e-2, 3.0), lr_grid=[3e-2, 1e-1, 3e-1])
+                 family="prototype", lr_range=(1e-2, 3.0), lr_grid=[1e-2, 3e-2, 1e-1, 3e-1])
 class ProtoFloatProbe(ProtoBinProbe):
     """`protobin` with real-valued prototypes (B = P): isolates what binarization does.
 
