@@ -1,13 +1,18 @@
-"""The grid runner: jobs run once, a rerun skips them all, results land in one tidy table, status reports progress."""
+"""The grid runner: jobs run once, a rerun skips them all, a bank is loaded once for all its searches, results land in
+one tidy table, status reports progress."""
 
 import json
+import shutil
+import weakref
+from pathlib import Path
 
 import pandas as pd
 import yaml
 from typer.testing import CliRunner
 
+from patchprobe.bank import LoadedBank
 from patchprobe.cli import app
-from patchprobe.bench import grid_status, run_grid
+from patchprobe.bench import BankInMemory, grid_status, run_grid
 
 runner = CliRunner()
 
@@ -24,10 +29,24 @@ def _grid(tmp_path, probes=("linear", "mhca")):
     return path
 
 
-def test_grid_runs_every_job_once_and_writes_a_tidy_table(tmp_path):
+def _count_bank_loads(monkeypatch) -> list[Path]:
+    """Every LoadedBank.load from now on (the real loader, counted): the folders it read."""
+    loads, load = [], LoadedBank.load
+
+    def counted(cls, root, device="cpu"):
+        loads.append(Path(root))
+        return load(root, device=device)
+
+    monkeypatch.setattr(LoadedBank, "load", classmethod(counted))
+    return loads
+
+
+def test_grid_runs_every_job_once_and_writes_a_tidy_table(tmp_path, monkeypatch):
     path = _grid(tmp_path)
     assert grid_status(path)["counts"]["pending"] == 1 and grid_status(path)["counts"]["waiting"] == 2
+    loads = _count_bank_loads(monkeypatch)
     table = run_grid(path, progress=False, log=lambda *_: None)
+    assert loads == [tmp_path / "banks" / "toy-vit" / "ml"]  # both searches (and their seed runs) on one loaded copy
     assert set(table["probe"]) == {"linear", "mhca"} and set(table["seed"]) == {0, 1}
     assert {"encoder", "dataset", "probe", "seed", "split", "metric", "value", "num_parameters", "train_seconds"} <= set(table.columns)
     assert len(table.drop_duplicates(["probe", "seed", "split", "metric"])) == len(table)  # one row per key
@@ -51,3 +70,20 @@ def test_an_added_probe_runs_only_its_own_jobs(tmp_path):
     assert result.exit_code == 0, result.output
     jobs = [json.loads(line)["job"] for line in (tmp_path / "runs" / "jobs.jsonl").read_text().splitlines()]
     assert jobs[-1] == "sweep/toy-vit/ml/freqpool" and len(jobs) == 3 and "freqpool" in result.output
+
+
+def test_the_worker_holds_one_bank_at_a_time(tmp_path, monkeypatch):
+    path = _grid(tmp_path, probes=("linear",))
+    run_grid(path, progress=False, log=lambda *_: None)
+    first = tmp_path / "banks" / "toy-vit" / "ml"
+    second = tmp_path / "banks" / "copy"
+    shutil.copytree(first, second)
+    loads = _count_bank_loads(monkeypatch)
+    held = BankInMemory("cpu")
+    bank = held.get(first)
+    assert held.get(first) is bank and loads == [first]
+    gone = weakref.ref(bank)
+    del bank
+    other = held.get(second)
+    assert loads == [first, second] and other.root == second
+    assert gone() is None  # the first bank was let go before the second was read

@@ -1,7 +1,8 @@
 """The benchmark grid: encoders x datasets x probes, as idempotent jobs that any number of workers share.
 
 `run_grid(path)` walks the jobs in order (extract once per encoder/dataset, then one search per probe,
-each ending with its seed runs), skips what is done, and waits for what another worker holds. Several
+each ending with its seed runs), skips what is done, and waits for what another worker holds. The searches
+of one bank run back to back on one loaded copy of it (`BankInMemory`: at most one bank in memory). Several
 workers, on one machine or many, cooperate through the shared bank/run folders (extraction takes a
 lock file) and one Optuna storage (PostgreSQL for several machines). Rerunning after a crash resumes:
 banks resume chunk by chunk, searches trial by trial, seed runs are skipped once written.
@@ -23,12 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ._io import atomic_write_with, read_json, write_json
 from ._lock import FileLock
-from .bank import Bank, extract_bank
+from .bank import Bank, LoadedBank, extract_bank
 from .datasets import ManifestDataset, MixupAugmented, MixupConfig, checked, create_dataset
 from .encoders import create_encoder
 from .errors import BankError
 from .probes import PROBES
 from .sweep import SweepConfig, default_storage, run_sweep
+from .sweep.search import WORKER_SETTINGS
 from .train import Run
 
 PATH_KEYS = ("root", "data_dir", "manifest", "path")
@@ -103,6 +105,7 @@ class GridConfig(BaseModel):
     results: str = "results"
     device: str = "cpu"
     batch_size: int | None = None  # encoder batch size for extraction
+    trials_per_pass: int | None = Field(None, ge=1)  # trials trained together in a search; default: SweepConfig's
 
     @classmethod
     def load(cls, path: str | Path) -> tuple["GridConfig", Path]:
@@ -166,8 +169,9 @@ class Grid:
             entry = self.cells[dataset][0]
             family = PROBES.spec(probe).family if probe in PROBES else None
             probe_args = dict(entry.probe_args.get(probe, entry.probe_args.get(family, {})))
+        how = {} if self.config.trials_per_pass is None else {"trials_per_pass": self.config.trials_per_pass}
         return SweepConfig(probe=probe, probe_args=probe_args, trials=self.config.trials, startup_trials=self.config.startup_trials,
-                           epochs=self.config.epochs, seeds=self.config.seeds, device=self.config.device)
+                           epochs=self.config.epochs, seeds=self.config.seeds, device=self.config.device, **how)
 
     def open_dataset(self, name: str):
         """The dataset of cell `name`: the entry's options (paths relative to the grid file), the draw's
@@ -204,8 +208,9 @@ class Grid:
                     "dataset": entry.model_dump(mode="json", exclude={"probe_args"}), "draw": draw}
         if job.kind == "sweep":
             # settings left at their defaults are left out, so a new search option added to the library does not
-            # make every earlier grid folder "another setting"; a grid file's own values are always recorded
-            identity["search"] = self.sweep_config(job.probe, job.dataset).model_dump(mode="json", exclude={"device"},
+            # make every earlier grid folder "another setting"; a grid file's own values are always recorded, bar how a
+            # worker runs (device, trials per pass), which does not define the search
+            identity["search"] = self.sweep_config(job.probe, job.dataset).model_dump(mode="json", exclude=set(WORKER_SETTINGS),
                                                                                       exclude_defaults=True)
         return identity
 
@@ -270,9 +275,35 @@ def _logged_durations(log_file: Path) -> dict[str, dict]:
     return entries
 
 
+class BankInMemory:
+    """The one bank a grid worker holds in memory: loaded when a search first needs it, kept for the searches of the
+    same bank that follow, dropped before another is loaded (or an extraction runs), so memory holds at most one bank."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.folder: Path | None = None
+        self._bank: LoadedBank | None = None
+
+    def get(self, folder: Path) -> LoadedBank:
+        """The bank at `folder`, loaded onto the device unless it is the one held."""
+        if self.folder != folder or self._bank is None:
+            self.release()
+            self._bank = LoadedBank.load(folder, device=self.device)
+            self.folder = folder
+        return self._bank
+
+    def release(self) -> None:
+        self._bank, self.folder = None, None
+
+
 def run_grid(path: str | Path, poll_seconds: float = 10.0, progress: bool = True, log=print) -> pd.DataFrame:
-    """Do every unfinished job of the grid (waiting for those other workers hold), then write the results table."""
+    """Do every unfinished job of the grid (waiting for those other workers hold), then write the results table.
+
+    The searches of one bank run back to back on one loaded copy of it; a bank is loaded again only when this worker
+    comes back to it (after waiting on another worker's trials elsewhere).
+    """
     grid = Grid(path)
+    held = BankInMemory(grid.config.device)
     said: dict[str, str] = {}  # job -> the last line printed about it: a waiting worker says each thing once
 
     def say(job: Job, message: str) -> None:
@@ -284,6 +315,8 @@ def run_grid(path: str | Path, poll_seconds: float = 10.0, progress: bool = True
         pending = [job for job in grid.jobs() if not grid.is_done(job)]
         if not pending:
             break
+        # the held bank's searches first (a stable sort: otherwise the grid's order, a bank's probes back to back)
+        pending.sort(key=lambda job: not (job.kind == "sweep" and grid.bank_dir(job) == held.folder))
         progressed = False
         for job in pending:
             if grid.is_done(job) or not grid.depends_done(job):
@@ -293,6 +326,7 @@ def run_grid(path: str | Path, poll_seconds: float = 10.0, progress: bool = True
                 lock = FileLock(grid.bank_dir(job).with_suffix(".lock"))
                 if not lock.acquire():
                     continue
+                held.release()  # the encoder and its batches need the memory more than a bank we may not come back to
                 try:
                     log(f"[{job.key}] extracting")
                     resumed = grid.bank_dir(job).exists()
@@ -307,7 +341,7 @@ def run_grid(path: str | Path, poll_seconds: float = 10.0, progress: bool = True
             else:
                 say(job, f"[{job.key}] searching ({grid.config.trials} trials)")
                 grid.claim(job)
-                summary = run_sweep(grid.bank_dir(job), grid.sweep_config(job.probe, job.dataset), grid.sweep_dir(job), storage=grid.storage,
+                summary = run_sweep(held.get(grid.bank_dir(job)), grid.sweep_config(job.probe, job.dataset), grid.sweep_dir(job), storage=grid.storage,
                                     study_name=grid.study_name(job), progress=progress, log=lambda message, job=job: log(f"[{job.key}] {message}"))
                 if summary is None:
                     say(job, f"[{job.key}] waiting: other workers hold its last trials (a silent one is reclaimed after its grace period)")

@@ -376,6 +376,7 @@ def sweep(
     wait_seconds: Optional[float] = typer.Option(None, min=0, help="when only trials held by other workers are left: wait at most this long for them (reclaiming silent ones), then exit 3; default: as long as they run"),
     db_retry_seconds: float = typer.Option(120.0, min=0, help="wait out a database outage this long before giving up (exit 2)"),
     device: str = typer.Option("cpu"),
+    trials_per_pass: int = typer.Option(4, min=1, help="trials this worker asks for and trains together as one stacked model; each is still pruned and told on its own"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar (notices about waiting and outages are still printed)"),
 ) -> None:
     """The paper's search for one (bank, probe): Sobol then TPE over lr and weight decay, pruned, then 3 seeds.
@@ -394,7 +395,8 @@ def sweep(
                                  "trials are taken for dead", param_hint="--grace-seconds")
     config = SweepConfig(probe=probe, probe_args=_parse_pairs(probe_arg, "--probe-arg"), trials=trials,
                          startup_trials=startup_trials, epochs=epochs, seeds=seeds, lr_range=bounds, prune=not no_prune,
-                         heartbeat_seconds=heartbeat_seconds, grace_seconds=grace_seconds, device=device)
+                         heartbeat_seconds=heartbeat_seconds, grace_seconds=grace_seconds, device=device,
+                         trials_per_pass=trials_per_pass)
     try:
         summary = run_sweep(bank, config, out, storage=storage, study_name=study_name, progress=not quiet,
                             wait_seconds=math.inf if wait_seconds is None else wait_seconds, db_retry_seconds=db_retry_seconds,

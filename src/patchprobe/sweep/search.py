@@ -10,6 +10,11 @@ marks it failed and runs a fresh one, so finished trials are never lost and the 
 A worker with nothing left to start waits for the trials others hold (reclaiming silent ones) when asked
 to (`wait_seconds`), so the last worker alive always finishes the study. A database outage is waited out
 (`db_retry_seconds`, see `storage.py`); equal settings are never trained twice in one study.
+
+A worker trains its trials in passes of up to `trials_per_pass`: it asks the study for that many, trains them as one
+`train_probes` call (one stacked model on the vectorised trainer), reports each trial's validation score to that trial
+and stops the ones the pruner prunes, then tells each its own result. To the study a pass looks like that many workers
+running in step; each trial keeps its own heartbeat.
 """
 
 from __future__ import annotations
@@ -49,8 +54,10 @@ LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.W
 EDGE_FRACTION = 0.1  # of the log-range: a best value this close to a bound is flagged
 DB_RETRY_SECONDS = 120.0  # how long a worker waits out a database outage before giving up (--db-retry-seconds)
 MAX_REDRAWS = 20  # attempts at a setting no other trial of the study has
+# Trials a worker asks for and trains in one pass (--trials-per-pass): measured in docs/sweeps.md.
+TRIALS_PER_PASS = 4
 # What a study's settings may differ in between workers: how each worker runs, not what the search is.
-WORKER_SETTINGS = ("heartbeat_seconds", "grace_seconds", "device")
+WORKER_SETTINGS = ("heartbeat_seconds", "grace_seconds", "device", "trials_per_pass")
 
 
 class SweepConfig(BaseModel):
@@ -79,6 +86,8 @@ class SweepConfig(BaseModel):
     heartbeat_seconds: int = Field(30, ge=1)  # a worker silent for `grace_seconds` is taken for dead
     grace_seconds: int = Field(120, ge=2)
     device: str = "cpu"
+    # trials asked for and trained together, as one stacked model; each is reported, pruned and told on its own
+    trials_per_pass: int = Field(TRIALS_PER_PASS, ge=1)
 
     @model_validator(mode="after")
     def _grace_outlasts_heartbeat(self) -> "SweepConfig":
@@ -295,59 +304,131 @@ class _Duplicate(Exception):
         self.number = number
 
 
-def _objective_factory(config: SweepConfig, bank: LoadedBank) -> Callable[[optuna.Trial], float]:
-    train, valid = bank.train, bank["valid"]
-    multilabel = bank.multilabel
-    metric = primary_metric(multilabel)
-    loss_fn = LOSSES[loss_name(TrainConfig(probe=config.probe), multilabel)]
-    labels = valid.labels.cpu()
-    report_every = config.report_interval()
+class _Held:
+    """A trial this worker holds during a pass: its heartbeat (running from just after the ask until it is told), and its
+    share of the pass's wall-clock time so far."""
 
-    def score(probe) -> tuple[float, float, dict]:
-        logits = predict(probe, valid)
-        metrics = evaluate_scores(labels.numpy(), logits, multilabel, valid.meta.metrics or None)
-        loss = float(loss_fn(torch.from_numpy(logits), labels))
-        value = metrics[metric]
+    def __init__(self, trial: optuna.Trial, heartbeat: Heartbeat) -> None:
+        self.trial, self.heartbeat = trial, heartbeat
+        self.seconds = 0.0
+        self.told = False
+        self._beating = True
+
+    def tell(self, study: optuna.Study, state: TrialState, value: float | None, log: Callable[[str], None]) -> None:
+        _tell(study, self.trial, state, value, log)
+        self.told = True
+        self.stop()
+
+    def stop(self) -> None:
+        if self._beating:
+            self._beating = False
+            self.heartbeat.__exit__(None, None, None)
+
+
+class _TrialTrainer:
+    """Trains the trials of one pass on `bank`: their settings as one `train_probes` call (the vectorised trainer stacks
+    them), each trial's validation score reported to that trial every `report_every` epochs, the ones its pruner prunes
+    stopped there and told PRUNED at once, the others told COMPLETE at the end with their own score."""
+
+    def __init__(self, config: SweepConfig, bank: LoadedBank) -> None:
+        self.config = config
+        self.train_split, self.valid = bank.train, bank["valid"]
+        self.multilabel = bank.multilabel
+        self.metric = primary_metric(self.multilabel)
+        self.loss_fn = LOSSES[loss_name(TrainConfig(probe=config.probe), self.multilabel)]
+        self.labels = self.valid.labels.cpu()
+
+    def score(self, probe) -> tuple[float, float, dict]:
+        """(the search's score, 0.0 when not finite; the valid loss; every valid metric) of a probe on the valid split."""
+        logits = predict(probe, self.valid)
+        metrics = evaluate_scores(self.labels.numpy(), logits, self.multilabel, self.valid.meta.metrics or None)
+        loss = float(self.loss_fn(torch.from_numpy(logits), self.labels))
+        value = metrics[self.metric]
         return (value if math.isfinite(value) else 0.0), loss, metrics
 
-    def objective(trial: optuna.Trial) -> float:
+    def setting(self, trial: optuna.Trial) -> TrainConfig:
+        """The trial's training run, from its sampled lr and weight decay; _Duplicate when another live trial has them."""
+        config = self.config
         lr = trial.suggest_float("lr", *config.lr_bounds(), log=True)
         weight_decay = trial.suggest_float("weight_decay", *config.weight_decay_range, log=True)
         names = ("lr", "weight_decay")
         mine = _setting(trial.params, names)
-        # the sampler avoids settings it can see; this catches a worker that set the same one a moment ago
+        # the sampler avoids settings it can see; this catches a worker (or a trial of this pass) that set the same one
+        # a moment ago
         for other in trial.study.get_trials(deepcopy=False, states=LIVE):
             if other.number != trial.number and _setting(other.params, names) == mine:
                 raise _Duplicate(other.number)
-        run = TrainConfig(probe=config.probe, probe_args=config.probe_args, epochs=config.epochs, batch_size=config.batch_size,
-                          lr=lr, weight_decay=weight_decay, seed=0, device=config.device)
+        return TrainConfig(probe=config.probe, probe_args=config.probe_args, epochs=config.epochs, batch_size=config.batch_size,
+                           lr=lr, weight_decay=weight_decay, seed=0, device=config.device)
 
-        def on_epoch(epoch: int, probes) -> None:
-            if config.prune and (epoch % report_every == 0) and epoch < config.epochs:
-                value, loss, _ = score(probes[0])
-                trial.report(value, epoch)
-                if trial.should_prune():
-                    trial.set_user_attr("valid_loss", loss)
-                    trial.set_user_attr("pruned_at_epoch", epoch)
-                    raise optuna.TrialPruned()
+    def train(self, study: optuna.Study, runs: list[tuple[_Held, TrainConfig]], log: Callable[[str], None]) -> None:
+        """Train `runs` (held trials and their settings) in one pass and tell every trial its result.
 
-        tick = time.perf_counter()
-        try:
-            result = train_probes(train, [run], progress=False, on_epoch=on_epoch)[0]
-        except optuna.TrialPruned:  # a pruned trial's time counts in the search's cost too
-            trial.set_user_attr("seconds", round(time.perf_counter() - tick, 2))
-            raise
-        trial.set_user_attr("seconds", round(time.perf_counter() - tick, 2))
-        trial.set_user_attr("num_parameters", result.probe.num_parameters())
-        if result.diverged:
-            trial.set_user_attr("diverged", result.diverged)
-            return 0.0
-        value, loss, metrics = score(result.probe)
-        trial.set_user_attr("valid_loss", loss)
-        trial.set_user_attr("valid", {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        return value
+        Each trial is charged its share of the pass: the time between reports split over the trials still training,
+        plus its own scoring. A trial another worker reclaimed meanwhile (this one could not write its heartbeat for
+        longer than the grace period) is stopped and its result dropped, with a notice.
+        """
+        config, report_every = self.config, self.config.report_interval()
+        running = list(range(len(runs)))  # indices into runs still training, in trial-number order
+        clock = time.perf_counter()
 
-    return objective
+        def charge() -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            for index in running:
+                runs[index][0].seconds += (now - clock) / len(running)
+            clock = now
+
+        def on_epoch(epoch: int, probes) -> list[int] | None:
+            nonlocal clock, running
+            charge()
+            if not (config.prune and epoch % report_every == 0 and epoch < config.epochs):
+                return None
+            stop = []
+            for index in running:  # lower trial numbers first, as if each were a worker reporting in turn
+                held = runs[index][0]
+                tick = time.perf_counter()
+                value, loss, _ = self.score(probes[index])
+                try:
+                    held.trial.report(value, epoch)
+                    pruned = held.trial.should_prune()
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    log(f"trial {held.trial.number}: reclaimed by another worker while this one could not reach the database; "
+                        "it stops here and a fresh trial takes its place")
+                    held.told = True
+                    held.stop()
+                    stop.append(index)
+                    continue
+                held.seconds += time.perf_counter() - tick
+                if pruned:
+                    held.trial.set_user_attr("valid_loss", loss)
+                    held.trial.set_user_attr("pruned_at_epoch", epoch)
+                    held.trial.set_user_attr("seconds", round(held.seconds, 2))  # a pruned trial's time counts in the search's cost too
+                    held.tell(study, TrialState.PRUNED, None, log)
+                    stop.append(index)
+            running = [index for index in running if index not in stop]
+            clock = time.perf_counter()
+            return stop
+
+        results = train_probes(self.train_split, [run for _, run in runs], progress=False, on_epoch=on_epoch)
+        charge()
+        for index in running:
+            held, result = runs[index][0], results[index]
+            held.trial.set_user_attr("seconds", round(held.seconds, 2))
+            held.trial.set_user_attr("num_parameters", result.probe.num_parameters())
+            if result.diverged:
+                held.trial.set_user_attr("diverged", result.diverged)
+                held.tell(study, TrialState.COMPLETE, 0.0, log)
+                continue
+            value, loss, metrics = self.score(result.probe)
+            held.trial.set_user_attr("valid_loss", loss)
+            held.trial.set_user_attr("valid", {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            held.tell(study, TrialState.COMPLETE, value, log)
+
+
+def _objective_factory(config: SweepConfig, bank: LoadedBank) -> _TrialTrainer:
+    """What trains a study's trials on `bank` (for `_run_pass` and `_run_one`)."""
+    return _TrialTrainer(config, bank)
 
 
 def _fail_orphans(study: optuna.Study, grace_seconds: float) -> list[int]:
@@ -409,7 +490,8 @@ def search(study: optuna.Study, config: SweepConfig, bank: LoadedBank, on_trial:
            wait_seconds: float | None = None, log: Callable[[str], None] | None = None) -> int:
     """Run trials in this process until the study holds `config.trials` live trials; returns how many ran here.
 
-    Each trial keeps a heartbeat while it runs (`storage.Heartbeat`). When every place left in the budget is held by
+    Trials run in passes of up to `config.trials_per_pass`, trained together (`_run_pass`); each trial keeps its own
+    heartbeat while it runs (`storage.Heartbeat`) and gets its own reports, pruning decision and result. When every place left in the budget is held by
     other workers: with `wait_seconds` None, return at once; otherwise wait for them, reclaiming trials whose worker
     went silent (and running them here), for up to `wait_seconds` (math.inf: no limit), then SweepIncompleteError.
     """
@@ -422,25 +504,25 @@ def _search(study: optuna.Study, config: SweepConfig, bank: LoadedBank, on_trial
     storage = study._storage
     if not isinstance(storage, RetryingStorage):
         raise TypeError("search() needs a study from open_study() (its storage keeps heartbeats and retries)")
-    objective = _objective_factory(config, bank)
+    trainer = _objective_factory(config, bank)
     poll = max(1.0, min(float(config.heartbeat_seconds), 10.0))
     ran, waited, duplicates, notice = 0, 0.0, 0, None
     while True:
         for number in _reclaim(study, config, storage):
             log(f"trial {number}: its worker went silent for {config.grace_seconds} s; reclaimed (marked failed, its place "
                 "in the budget freed)")
-        live = study.get_trials(deepcopy=False, states=LIVE)
-        if len(live) < config.trials or any(t.state == TrialState.WAITING for t in live):
-            outcome = _run_one(study, config, objective, storage, log)
-            duplicates = duplicates + 1 if outcome == "duplicate" else 0
+        if _has_place(study, config):
+            outcomes = _run_pass(study, config, trainer, storage, log, config.trials_per_pass)
+            duplicates = duplicates + len(outcomes) if all(o == "duplicate" for o in outcomes) else 0
             if duplicates > MAX_REDRAWS:
                 raise ValueError(f"study {study.study_name!r}: {MAX_REDRAWS} draws in a row repeated settings of other trials; "
                                  "the search range is too narrow for the budget (--lr-range)")
-            if outcome == "ran":
+            for _ in range(outcomes.count("ran")):
                 ran += 1
                 if on_trial is not None:
                     on_trial()
             continue
+        live = study.get_trials(deepcopy=False, states=LIVE)
         if not any(t.state == TrialState.RUNNING for t in live) or wait_seconds is None:
             return ran
         key, text = _describe_held(study, config, storage)
@@ -456,31 +538,63 @@ def _search(study: optuna.Study, config: SweepConfig, bank: LoadedBank, on_trial
         waited += pause
 
 
-def _run_one(study: optuna.Study, config: SweepConfig, objective: Callable, storage: RetryingStorage,
+def _has_place(study: optuna.Study, config: SweepConfig) -> bool:
+    """True when the study has room for another trial: fewer live trials than the budget, or an enqueued one waiting."""
+    live = study.get_trials(deepcopy=False, states=LIVE)
+    return len(live) < config.trials or any(t.state == TrialState.WAITING for t in live)
+
+
+def _run_pass(study: optuna.Study, config: SweepConfig, trainer: _TrialTrainer, storage: RetryingStorage,
+              log: Callable[[str], None], size: int) -> list[str]:
+    """Ask the storage for up to `size` trials, each under its own heartbeat from the moment it exists, and train those
+    that may run in one pass. Returns one outcome per trial asked: "ran", "over_budget" or "duplicate".
+
+    The first trial is asked for whatever the study holds (the caller saw a free place; a worker that filled it meanwhile
+    makes this one over budget); later ones only while a place is free. Asking stops at the first over-budget trial;
+    a duplicate is replaced by another ask (up to MAX_REDRAWS in one pass).
+    """
+    outcomes: list[str] = []
+    held: list[_Held] = []
+    runs: list[tuple[_Held, TrainConfig]] = []
+    try:
+        while len(runs) < size and outcomes.count("duplicate") <= MAX_REDRAWS:
+            if held and not _has_place(study, config):
+                break
+            trial = study.ask()
+            heartbeat = Heartbeat(storage, trial._trial_id, config.heartbeat_seconds).__enter__()
+            slot = _Held(trial, heartbeat)
+            held.append(slot)
+            trial.set_user_attr("started", True)  # after the first heartbeat: see _fail_orphans
+            if _count_live(study, below=trial.number) >= config.trials:  # other workers filled the budget meanwhile
+                trial.set_user_attr("over_budget", True)
+                slot.tell(study, TrialState.FAIL, None, log)
+                outcomes.append("over_budget")
+                break
+            try:
+                runs.append((slot, trainer.setting(trial)))
+            except _Duplicate as duplicate:
+                trial.set_user_attr("duplicate_of", duplicate.number)
+                slot.tell(study, TrialState.FAIL, None, log)
+                outcomes.append("duplicate")
+        if runs:
+            trainer.train(study, sorted(runs, key=lambda run: run[0].trial.number), log)
+            outcomes += ["ran"] * len(runs)
+    except BaseException:
+        for slot in held:
+            if not slot.told:  # the database may be what failed; the heartbeat stops, so the trial is reclaimed later
+                with contextlib.suppress(Exception):
+                    storage.inner.set_trial_state_values(slot.trial._trial_id, state=TrialState.FAIL)
+        raise
+    finally:
+        for slot in held:
+            slot.stop()
+    return outcomes
+
+
+def _run_one(study: optuna.Study, config: SweepConfig, trainer: _TrialTrainer, storage: RetryingStorage,
              log: Callable[[str], None]) -> str:
-    """Ask the storage for one trial and run it under a heartbeat; "ran", "over_budget" or "duplicate"."""
-    trial = study.ask()
-    with Heartbeat(storage, trial._trial_id, config.heartbeat_seconds):
-        trial.set_user_attr("started", True)  # after the first heartbeat: see _fail_orphans
-        if _count_live(study, below=trial.number) >= config.trials:  # other workers filled the budget meanwhile
-            trial.set_user_attr("over_budget", True)
-            _tell(study, trial, TrialState.FAIL, None, log)
-            return "over_budget"
-        try:
-            value = objective(trial)
-        except optuna.TrialPruned:
-            _tell(study, trial, TrialState.PRUNED, None, log)
-            return "ran"
-        except _Duplicate as duplicate:
-            trial.set_user_attr("duplicate_of", duplicate.number)
-            _tell(study, trial, TrialState.FAIL, None, log)
-            return "duplicate"
-        except BaseException:
-            with contextlib.suppress(Exception):  # the database may be what failed; the heartbeat stops, so it is reclaimed
-                storage.inner.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-            raise
-        _tell(study, trial, TrialState.COMPLETE, value, log)
-        return "ran"
+    """A pass of one trial (`_run_pass` with size 1): the first trial's outcome, "ran", "over_budget" or "duplicate"."""
+    return _run_pass(study, config, trainer, storage, log, size=1)[0]
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None, log: Callable[[str], None]) -> None:
