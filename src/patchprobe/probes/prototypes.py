@@ -30,11 +30,18 @@ class _SignStraightThrough(torch.autograd.Function):
     """Exact signs forward (sign(0) = +1), identity gradient backward.
 
     `sign + w - w.detach()` would add float rounding to the signs; this keeps them exactly +-1.
+    Element-wise, so vmap (stacked trials) batches it by its own rule.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, weights: torch.Tensor) -> torch.Tensor:
+    def forward(weights: torch.Tensor) -> torch.Tensor:
         return _sign(weights)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
@@ -43,8 +50,9 @@ class _SignStraightThrough(torch.autograd.Function):
 
 def binarize(weights: torch.Tensor) -> torch.Tensor:
     """sign(w) in {-1, +1} (sign(0) = +1) with a straight-through gradient to w."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling() or not weights.requires_grad:
-        # Export and inference paths: a plain graph op (exporters cannot trace autograd Functions).
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or not torch.is_grad_enabled():
+        # Export and inference paths: a plain graph op (exporters cannot trace autograd Functions). Not
+        # `weights.requires_grad`: inside vmap (stacked trials) a trained weight reads as not requiring it.
         return _sign(weights)
     return _SignStraightThrough.apply(weights)
 
@@ -63,10 +71,13 @@ class _ChunkedMaxSimilarity(torch.autograd.Function):
     and a scatter of B M D values instead of two (B, N, M) x D matrix products. Where several
     tokens tie for the max, the first wins (amax would share the gradient among them; the prototype
     gradient is the same when the tied tokens are equal, the usual way ties arise).
+
+    Under vmap over prototype sets (K stacked trials), the K sets are compared as one set of K M
+    prototypes: one wider matrix product per block instead of K narrow ones (`vmap` below).
     """
 
     @staticmethod
-    def forward(ctx, tokens, mask, prototypes, block):
+    def forward(tokens, mask, prototypes, block):
         batch, count, _ = tokens.shape
         step = max(1, block // max(1, batch * prototypes.shape[0]))
         best = tokens.new_full((batch, prototypes.shape[0]), float("-inf"))
@@ -81,12 +92,32 @@ class _ChunkedMaxSimilarity(torch.autograd.Function):
             better = values > best
             best = torch.where(better, values, best)
             where = torch.where(better, index + start, where)
-        ctx.block = block
-        ctx.save_for_backward(tokens, prototypes, where, best)
-        return best
+        return best, where
 
     @staticmethod
-    def backward(ctx, grad):
+    def setup_context(ctx, inputs, output) -> None:
+        tokens, _, prototypes, block = inputs
+        best, where = output
+        ctx.block = block
+        ctx.mark_non_differentiable(where)
+        ctx.save_for_backward(tokens, prototypes, where, best)
+
+    @staticmethod
+    def vmap(info, in_dims, tokens, mask, prototypes, block):
+        token_dim, mask_dim, prototype_dim, _ = in_dims
+        if token_dim is None and mask_dim is None and prototype_dim is not None:
+            stacked = prototypes.movedim(prototype_dim, 0)  # (K, M, D)
+            count, per_set = stacked.shape[0], stacked.shape[1]
+            best, where = _ChunkedMaxSimilarity.apply(tokens, mask, stacked.reshape(count * per_set, -1), block)
+            return (best.reshape(-1, count, per_set), where.reshape(-1, count, per_set)), (1, 1)
+        # tokens differ per member (a head that transforms them with its own parameters): one call each
+        outputs = [_ChunkedMaxSimilarity.apply(*(value if dim is None else value.select(dim, k)
+                                                 for value, dim in zip((tokens, mask, prototypes), in_dims[:3])), block)
+                   for k in range(info.batch_size)]
+        return (torch.stack([o[0] for o in outputs]), torch.stack([o[1] for o in outputs])), (0, 0)
+
+    @staticmethod
+    def backward(ctx, grad, _grad_where):
         tokens, prototypes, where, best = ctx.saved_tensors
         grad = grad.masked_fill(torch.isinf(best), 0.0)  # a clip without a valid token sends no gradient
         batch, _, dim = tokens.shape
@@ -118,7 +149,7 @@ def chunked_max_similarity(tokens: torch.Tensor, mask: torch.Tensor, prototypes:
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         # Export paths: plain graph ops (exporters cannot trace autograd Functions).
         return (tokens @ prototypes.T).masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(dim=1)
-    return _ChunkedMaxSimilarity.apply(tokens, mask, prototypes, block)
+    return _ChunkedMaxSimilarity.apply(tokens, mask, prototypes, block)[0]
 
 
 class PrototypeProbe(Probe, ABC):

@@ -167,6 +167,8 @@ class TrainResult:
     # The epoch (from 1) where the valid metric peaked (history's "valid_<metric>"), or None without a valid split.
     peak_epoch: int | None = None
     optimizer_steps: int | None = None
+    # The epoch after which `on_epoch` stopped this run (a pruned trial of a batch), or None.
+    stopped_epoch: int | None = None
     # lr "auto": how the rate was chosen (the config holds the chosen rate).
     lr_selection: LrSelection | None = None
     # split -> per-class metrics / per-clip scores, and the decision thresholds fitted on valid.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from ..probes import Probe, shared_pooled_inputs
 from .core import (ClassMetrics, DecisionThresholds, LrSelection, SplitScores, TrainConfig, TrainResult, build_probe, lr_grid,
                    make_loss, optional_to, predict, probabilities)
 from .lbfgs import fit_lbfgs
+from .stacked import MAX_STACK, StackedMembers, stack_key
 from .metrics import compute_metrics, evaluate_scores, f1_optimal_thresholds, per_class_metrics, primary_metric
 
 # Fewer optimiser steps than this in a whole run get a warning: the cosine schedule then has little room to converge.
@@ -44,8 +45,9 @@ def train_probes(
     configs: list[TrainConfig],
     evaluate_on: dict[str, LoadedSplit] | None = None,
     progress: bool = True,
-    on_epoch: Callable[[int, list[Probe]], None] | None = None,
+    on_epoch: Callable[[int, list[Probe]], Iterable[int] | None] | None = None,
     log: Callable[[str], None] | None = None,
+    vectorize: bool = True,
 ) -> list[TrainResult]:
     """Train every config on `train`, sharing the passes over the data, then evaluate each.
 
@@ -61,8 +63,13 @@ def train_probes(
         evaluate_on: named splits to score at the end, e.g. {"valid": ..., "test": ...}. A "valid" split is
             also scored after every epoch (history's "valid_<metric>") and fits the decision thresholds.
         on_epoch: called after every epoch with (epoch number from 1, the group's probes, lr "auto"
-            expanded to one probe per rate); it may raise to stop training (a search's pruner does).
+            expanded to one probe per rate). It may return indices into that list: those probes take no
+            more steps (a search's pruner stopping some trials of a batch; their `stopped_epoch` is set);
+            or raise to stop the whole group.
         log: called with one line per notable event (the carve used to choose a rate).
+        vectorize: train configs of one probe that differ only in lr, weight decay, seed, warm-up or
+            clipping as one stacked model (`StackedMembers`): the same results to float rounding, at a
+            fraction of the cost. False trains each as its own model (still in the shared pass).
 
     Returns:
         one TrainResult per config, in order (for lr "auto": the chosen rate's run, `lr_selection` set).
@@ -71,14 +78,14 @@ def train_probes(
     valid = evaluate_on.get("valid")
     auto = [i for i, c in enumerate(configs) if c.lr == "auto" and c.solver == "adamw"]
     if auto and valid is None:
-        return _train_with_carve(train, configs, auto, evaluate_on, progress, on_epoch, log)
+        return _train_with_carve(train, configs, auto, evaluate_on, progress, on_epoch, log, vectorize)
     members: list[TrainConfig] = []
     owner: list[int] = []  # members[k] belongs to configs[owner[k]]
     for i, config in enumerate(configs):
         for candidate in ([config.model_copy(update={"lr": lr}) for lr in lr_grid(config)] if i in auto else [config]):
             members.append(candidate)
             owner.append(i)
-    trained = _train_members(train, members, valid, progress, on_epoch)
+    trained = _train_members(train, members, valid, progress, on_epoch, vectorize)
     results: list[TrainResult] = []
     for i, config in enumerate(configs):
         candidates = [result for result, o in zip(trained, owner) if o == i]
@@ -89,7 +96,7 @@ def train_probes(
 
 
 def _train_members(train: LoadedSplit, members: list[TrainConfig], valid: LoadedSplit | None, progress: bool,
-                   on_epoch) -> list[TrainResult]:
+                   on_epoch, vectorize: bool = True) -> list[TrainResult]:
     results: list[TrainResult | None] = [None] * len(members)
     groups: dict[tuple, list[int]] = {}
     for i, config in enumerate(members):
@@ -98,13 +105,13 @@ def _train_members(train: LoadedSplit, members: list[TrainConfig], valid: Loaded
             continue
         groups.setdefault((config.epochs, config.batch_size, config.data_seed), []).append(i)
     for (epochs, batch_size, data_seed), indices in groups.items():
-        trained = _train_group(train, [members[i] for i in indices], epochs, batch_size, data_seed, progress, on_epoch, valid)
+        trained = _train_group(train, [members[i] for i in indices], epochs, batch_size, data_seed, progress, on_epoch, valid, vectorize)
         for i, result in zip(indices, trained):
             results[i] = result
     return results  # type: ignore[return-value]
 
 
-def _train_with_carve(train, configs, auto, evaluate_on, progress, on_epoch, log) -> list[TrainResult]:
+def _train_with_carve(train, configs, auto, evaluate_on, progress, on_epoch, log, vectorize=True) -> list[TrainResult]:
     """lr "auto" without a valid split: choose each auto config's rate on a seeded carve of train, then train on all of it."""
     chosen: dict[int, LrSelection] = {}
     for data_seed in sorted({configs[i].data_seed for i in auto}):
@@ -114,12 +121,12 @@ def _train_with_carve(train, configs, auto, evaluate_on, progress, on_epoch, log
         if log:
             log(f"lr auto: no valid split; choosing the rate on {where}, then training it on all {len(train)} clips")
         grids = [(i, configs[i].model_copy(update={"lr": lr})) for i in owners for lr in lr_grid(configs[i])]
-        trained = _train_members(fit_part, [config for _, config in grids], carve, progress, None)
+        trained = _train_members(fit_part, [config for _, config in grids], carve, progress, None, vectorize)
         for i in owners:
             candidates = [result for (owner, _), result in zip(grids, trained) if owner == i]
             chosen[i] = _select(candidates, where, train.meta.multilabel).lr_selection  # type: ignore[assignment]
     final = [configs[i].model_copy(update={"lr": chosen[i].chosen}) if i in chosen else configs[i] for i in range(len(configs))]
-    results = train_probes(train, final, evaluate_on, progress=progress, on_epoch=on_epoch)
+    results = train_probes(train, final, evaluate_on, progress=progress, on_epoch=on_epoch, vectorize=vectorize)
     for i, selection in chosen.items():
         results[i].lr_selection = selection
     return results
@@ -220,27 +227,23 @@ def loss_rise(history: list[dict]) -> str | None:
 
 
 def _train_group(train: LoadedSplit, configs, epochs, batch_size, data_seed, progress, on_epoch=None,
-                 valid: LoadedSplit | None = None) -> list[TrainResult]:
+                 valid: LoadedSplit | None = None, vectorize: bool = True) -> list[TrainResult]:
     multilabel = train.meta.multilabel
     metric = primary_metric(multilabel)
     valid_labels = None if valid is None else valid.labels.cpu().numpy()
     members = []
     for config in configs:
         probe = build_probe(train, config)
-        optimizer = torch.optim.AdamW(probe.param_groups(config.lr, config.weight_decay))
-        for group in optimizer.param_groups:
-            group["base_lr"] = group["lr"]
-        members.append(
-            {
-                "config": config,
-                "probe": probe,
-                "optimizer": optimizer,
-                "loss": make_loss(config, multilabel),
-                "history": [],
-                "seconds": 0.0,
-                "diverged": None,
-            }
-        )
+        members.append({"config": config, "probe": probe, "loss": make_loss(config, multilabel), "history": [], "seconds": 0.0,
+                        "diverged": None, "stopped": None, "stack": None})
+    stacks = _make_stacks(members, multilabel) if vectorize else []
+    for member in members:
+        if member["stack"] is None:
+            optimizer = torch.optim.AdamW(member["probe"].param_groups(member["config"].lr, member["config"].weight_decay))
+            for group in optimizer.param_groups:
+                group["base_lr"] = group["lr"]
+            member["optimizer"] = optimizer
+    singles = [slot for slot, m in enumerate(members) if m["stack"] is None]
     count = len(train)
     steps_per_epoch = max(1, sum(1 for s in range(0, count, batch_size) if min(batch_size, count - s) >= 2))
     total = steps_per_epoch * epochs
@@ -257,8 +260,11 @@ def _train_group(train: LoadedSplit, configs, epochs, batch_size, data_seed, pro
                 continue
             # heads that read only pooled vectors get those (pooled once per split), not the token maps
             batch = train.batch(index.to(train.tokens.device), pooled=shared_pooled_inputs([m["probe"] for m in members]))
-            for slot, member in enumerate(members):
-                if member["diverged"]:
+            for stack, slots in stacks:
+                _stacked_step(stack, slots, members, sums, batch, step, total, steps_per_epoch)
+            for slot in singles:
+                member = members[slot]
+                if member["diverged"] or member["stopped"]:
                     continue
                 tick = time.perf_counter()
                 try:
@@ -269,20 +275,35 @@ def _train_group(train: LoadedSplit, configs, epochs, batch_size, data_seed, pro
             batches += 1
             step += 1
             bar.advance()
+        for stack, _ in stacks:
+            stack.sync()
+        valid_logits = {}
+        if valid is not None:
+            # one forward pass over valid per epoch: the curve users ask for, and lr "auto"'s selection score
+            for stack, slots in stacks:
+                for slot, logits in zip(slots, stack.predict(valid)):
+                    valid_logits[slot] = logits
         for slot, member in enumerate(members):
-            if not member["diverged"]:
+            if not member["diverged"] and not member["stopped"]:
                 entry = {"epoch": epoch + 1, "loss": sums[slot] / max(batches, 1)}
                 if valid is not None:
-                    # one forward pass over valid per epoch: the curve users ask for, and lr "auto"'s selection score
-                    logits = predict(member["probe"], valid)
+                    logits = valid_logits[slot] if slot in valid_logits else predict(member["probe"], valid)
                     entry[f"valid_{metric}"] = compute_metrics(valid_labels, logits, [metric])[metric]
                 member["history"].append(entry)
         if on_epoch is not None:
             try:
-                on_epoch(epoch + 1, [member["probe"] for member in members])
+                stop = on_epoch(epoch + 1, [member["probe"] for member in members])
             except BaseException:
                 bar.close()
                 raise
+            for slot in stop or ():
+                member = members[slot]
+                if not member["stopped"] and not member["diverged"]:
+                    member["stopped"] = epoch + 1
+                    if member["stack"] is not None:
+                        member["stack"][0].active[member["stack"][1]] = False
+            if all(m["stopped"] or m["diverged"] for m in members):
+                break
     bar.close()
     few = None
     if total < FEW_STEPS:
@@ -298,8 +319,50 @@ def _train_group(train: LoadedSplit, configs, epochs, batch_size, data_seed, pro
         results.append(TrainResult(
             config=m["config"], probe=m["probe"].eval(), history=history, seconds=round(m["seconds"], 2), diverged=m["diverged"],
             unstable=None if m["diverged"] else loss_rise(history), warnings=[few] if few else [], peak_epoch=peak,
-            optimizer_steps=total))
+            optimizer_steps=total, stopped_epoch=m["stopped"]))
     return results
+
+
+def _make_stacks(members: list[dict], multilabel: bool) -> list[tuple[StackedMembers, list[int]]]:
+    """Members that differ only in `STACKABLE_FIELDS`, in groups of two to MAX_STACK: one stacked model each."""
+    by_key: dict[str, list[int]] = {}
+    for slot, member in enumerate(members):
+        by_key.setdefault(stack_key(member["config"]), []).append(slot)
+    stacks = []
+    for slots in by_key.values():
+        for start in range(0, len(slots), MAX_STACK):
+            part = slots[start : start + MAX_STACK]
+            if len(part) < 2:
+                continue
+            stack = StackedMembers([members[i]["probe"] for i in part], [members[i]["config"] for i in part],
+                                   members[part[0]]["loss"])
+            for position, slot in enumerate(part):
+                members[slot]["stack"] = (stack, position)
+            stacks.append((stack, part))
+    return stacks
+
+
+def _stacked_step(stack: StackedMembers, slots: list[int], members: list[dict], sums: list[float], batch: dict, step: int,
+                  total: int, steps_per_epoch: int) -> None:
+    """One step of a stack whose members are members[slots]; adds each one's loss to sums[slot]."""
+    if not bool(stack.active.any()):
+        return
+    tick = time.perf_counter()
+    factors = [_lr_factor(step, total, int(round(members[slot]["config"].warmup_epochs * steps_per_epoch))) for slot in slots]
+    values = stack.step(batch, factors)
+    share = (time.perf_counter() - tick) / int(stack.active.sum())
+    for position, slot in enumerate(slots):
+        member = members[slot]
+        if not bool(stack.active[position]):
+            continue
+        member["seconds"] += share
+        value = float(values[position])
+        if math.isfinite(value):
+            sums[slot] += value
+        else:
+            config = member["config"]
+            member["diverged"] = (f"{config.probe}: loss became {value} at step {step}; lower the learning rate (lr={config.lr})")
+            stack.active[position] = False
 
 
 def _step(member: dict, batch: dict, step: int, total: int, steps_per_epoch: int) -> float:
