@@ -162,13 +162,17 @@ def extract(
     validate: bool = typer.Option(True, "--validate/--no-validate", help="check every clip's labels and audio header before extracting"),
     strict: bool = typer.Option(False, "--strict", help="make data-hygiene warnings errors (the same audio in two splits, classes without training clips)"),
     refresh_changed: bool = typer.Option(False, "--refresh-changed", help="re-extract clips whose audio changed since they were stored (default: refuse)"),
+    shard: Optional[str] = typer.Option(None, help="I/N: extract only shard I (0-based, e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT with --array=0-(N-1)) of every split; N processes fill one bank. Under torchrun: RANK/WORLD_SIZE"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
     """Build (or resume, or repair) a token-map bank from a manifest, a benchmark dataset, or class folders."""
-    from .bank import Bank, extract_bank
+    from .bank import Bank, extract_bank, shard_for_process
     from .datasets import ManifestDataset, MixupAugmented, MixupConfig, checked, create_dataset
     from .encoders import create_encoder
 
+    chosen_shard, device, torchrun_note = shard_for_process(shard, device)
+    if torchrun_note:
+        console.print(torchrun_note)
     _check_extract_options(batch_size, chunk_clips, device)
     if (manifest is None) == (dataset is None):
         raise typer.BadParameter("give exactly one of --manifest CSV or --dataset NAME")
@@ -192,7 +196,7 @@ def extract(
         options["half"] = True
     model = create_encoder(encoder, layer=chosen_layer, device=device, **options)
     extract_bank(data, model, bank, splits=split, batch_size=batch_size, chunk_clips=chunk_clips,
-                 dtype=dtype, skip_bad=skip_bad, progress=not quiet,
+                 dtype=dtype, skip_bad=skip_bad, progress=not quiet, shard=chosen_shard,
                      refresh_changed=refresh_changed, log=lambda text: console.print(f"[yellow]{escape(text)}[/yellow]"))
     _print_info(Bank(bank).describe())
 

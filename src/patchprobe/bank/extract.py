@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import errno
+import os
 import sys
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ from .._progress import ProgressBar
 from ..datasets import AudioDataset
 from ..encoders import Encoder
 from ..errors import AudioError, BankError
-from .store import Bank, ExtractLock, SplitMeta, SplitWriter
+from .store import UNSHARDED, Bank, ExtractLock, Shard, SplitMeta, SplitWriter
 
 
 def _batches(ids: list[str], size: int) -> Iterator[list[str]]:
@@ -25,6 +26,44 @@ def _batches(ids: list[str], size: int) -> Iterator[list[str]]:
 
 def _say_on_stderr(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+def shard_for_process(shard: str | Shard | None, device: str, environ: Mapping[str, str] | None = None
+                      ) -> tuple[Shard, str, str | None]:
+    """This process's shard and device: `extract --shard`, else torchrun's RANK/WORLD_SIZE, else the whole bank.
+
+    Under torchrun (RANK, WORLD_SIZE and LOCAL_RANK set) a bare "cuda" device becomes cuda:LOCAL_RANK,
+    so the processes of one machine use one GPU each, and without `shard` the process extracts shard
+    RANK/WORLD_SIZE. No process group is needed: the shards coordinate through the bank folder.
+
+    Args:
+        shard: "i/n" (0-based i), a Shard, or None.
+        device: the requested torch device.
+        environ: the environment to read (default: os.environ).
+
+    Returns:
+        (shard, device, note): note says what was taken from torchrun's environment (None otherwise).
+    """
+    environ = os.environ if environ is None else environ
+    chosen = shard if isinstance(shard, Shard) else Shard.parse(shard) if shard is not None else None
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    if not all(environ.get(name) for name in names):
+        return chosen or UNSHARDED, device, None
+    try:
+        rank, world, local = (int(environ[name]) for name in names)
+        from_torchrun = Shard(rank, world)
+    except ValueError:
+        raise ValueError("torchrun environment: RANK={RANK!r}, WORLD_SIZE={WORLD_SIZE!r}, LOCAL_RANK={LOCAL_RANK!r} do not "
+                         "describe one process of a run (need 0 <= RANK < WORLD_SIZE); pass --shard i/n instead"
+                         .format(**{name: environ[name] for name in names})) from None
+    notes = []
+    if chosen is None:
+        chosen = from_torchrun
+        notes.append(f"shard {chosen} from torchrun's RANK/WORLD_SIZE")
+    if device == "cuda":
+        device = f"cuda:{local}"
+        notes.append(f"device {device} from LOCAL_RANK")
+    return chosen, device, ("torchrun: " + ", ".join(notes)) if notes else None
 
 
 def extract_bank(
@@ -39,6 +78,7 @@ def extract_bank(
     progress: bool = True,
     refresh_changed: bool = False,
     log: Callable[[str], None] | None = None,
+    shard: Shard | str | None = None,
 ) -> Path:
     """Encode every clip of `dataset` into the bank folder `bank`; resume or repair it if it already holds some.
 
@@ -47,7 +87,10 @@ def extract_bank(
     or non-finite are dropped and their clips extracted again, so a split always ends holding every
     clip it lists. A bank built with another encoder config, other clips or labels, or another
     dtype is refused; so are clips whose audio changed since extraction (see `refresh_changed`).
-    One extraction at a time may write a bank (a lock; a second one is refused with the holder named).
+    One extraction at a time may write a bank (a lock; a second one is refused with the holder named),
+    or one process per shard: with `shard` i/n this call extracts only shard i's clips of every split
+    (see `Shard`), and n such calls, on one machine or on several sharing the folder, fill one bank
+    together; each split becomes complete (readable) when every shard has committed its clips.
 
     Args:
         dataset: the labelled clips.
@@ -62,6 +105,7 @@ def extract_bank(
         refresh_changed: re-extract clips whose audio changed (their whole chunks are dropped and
             rebuilt) instead of refusing.
         log: receives one line per repair or refresh (default: printed on stderr).
+        shard: this process's shard, Shard(i, n) or "i/n" (0-based i); None: every clip.
 
     Returns:
         the bank root.
@@ -72,6 +116,7 @@ def extract_bank(
         raise ValueError(f"batch size must be a positive number of clips; got {batch_size}")
     if chunk_clips < 1:
         raise ValueError(f"chunk size must be a positive number of clips; got {chunk_clips}")
+    shard = shard if isinstance(shard, Shard) else Shard.parse(shard) if shard is not None else UNSHARDED
     splits = list(splits or dataset.splits)
     for split in splits:
         if not dataset.clip_ids(split):
@@ -92,11 +137,15 @@ def extract_bank(
     batch_size = batch_size or encoder.default_batch_size
     try:
         root.mkdir(parents=True, exist_ok=True)
-        with ExtractLock(root):
+        with ExtractLock(root, shard):
             Bank.create_or_check(root, header, splits)
             for split in splits:
                 _extract_split(dataset, encoder, root / split, split, batch_size, chunk_clips, dtype, skip_bad, progress,
-                               refresh_changed, log)
+                               refresh_changed, log, shard)
+        if shard.sharded:
+            log(f"shard {shard}: all its clips are committed; " + (
+                f"every shard has finished: {root} is complete" if Bank(root).is_complete() else
+                f"{root} is complete once the other shards have committed theirs (`patchprobe info {root}` names those missing)"))
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             where = exc.filename or root
@@ -108,7 +157,8 @@ def extract_bank(
     return root
 
 
-def _extract_split(dataset, encoder, split_dir, split, batch_size, chunk_clips, dtype, skip_bad, progress, refresh_changed, log) -> None:
+def _extract_split(dataset, encoder, split_dir, split, batch_size, chunk_clips, dtype, skip_bad, progress, refresh_changed, log,
+                   shard: Shard = UNSHARDED) -> None:
     ids = dataset.clip_ids(split)
     meta = SplitMeta(
         split=split,
@@ -128,7 +178,7 @@ def _extract_split(dataset, encoder, split_dir, split, batch_size, chunk_clips, 
         dataset_fingerprint=dataset.fingerprint(split),
         metrics=dataset.metrics,
     )
-    writer = SplitWriter(split_dir, meta)
+    writer = SplitWriter(split_dir, meta, shard)
     for problem in writer.repaired:
         log(f"repairing {split_dir}: {problem}; its clips are extracted again")
     changed = writer.stale_clips(dataset.audio_stamp)
@@ -145,7 +195,8 @@ def _extract_split(dataset, encoder, split_dir, split, batch_size, chunk_clips, 
     if writer.meta.complete:
         return
     skipped = dict(writer.meta.skipped)
-    todo = [clip_id for clip_id in ids if clip_id not in writer.done and clip_id not in skipped]
+    share = writer.share
+    todo = [clip_id for clip_id in share if clip_id not in writer.done and clip_id not in skipped]
     buffer: dict[str, list] = {"ids": [], "tokens": [], "masks": [], "globals": [], "stamps": []}
 
     def flush() -> None:
@@ -160,7 +211,8 @@ def _extract_split(dataset, encoder, split_dir, split, batch_size, chunk_clips, 
             raise problem
         skipped[clip_id] = problem.problem
 
-    bar = ProgressBar(progress, f"{encoder.name} {split}", total=len(ids), completed=len(ids) - len(todo))
+    label = f"{encoder.name} {split}" + (f" shard {shard}" if shard.sharded else "")
+    bar = ProgressBar(progress, label, total=len(share), completed=len(share) - len(todo))
     try:
         for batch_ids in _batches(todo, batch_size):
             waves, kept, stamps = [], [], []

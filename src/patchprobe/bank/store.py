@@ -4,9 +4,11 @@ Layout of a bank (one encoder + config, one dataset), one self-describing folder
 
     BANK/bank.json                 encoder, dataset, class list and requested splits shared by the splits
     BANK/.extract.lock             held (flock) by the one `extract` writing the bank; holder's pid and host
+    BANK/.extract.sKofN.lock       the same for shard K of an extraction run as N shards (`extract --shard K/N`)
+    BANK/.extract.mutex            taken briefly by writers around every read-modify-write of shared files
     BANK/<split>/meta.json         everything needed to read the split alone (see `SplitMeta`)
     BANK/<split>/labels.npy        (N, C) float32, rows in `clip_ids` order
-    BANK/<split>/chunks/K.json     commit record of chunk K (see `ChunkRecord`)
+    BANK/<split>/chunks/K.json     commit record of chunk K (see `ChunkRecord`); sKofN-K.json when written by shard K of N
     BANK/<split>/chunks/K.tokens.npy   (sum T_i, F, D) token rows of those clips (float16 default)
     BANK/<split>/chunks/K.mask.npy     (sum T_i, F) bool validity
     BANK/<split>/chunks/K.global.npy   (n, G) float32 global vectors (absent when G = 0)
@@ -23,6 +25,12 @@ later loads skip files that did not change; `Bank.verify(full=True)` checks ever
 
 A split knows the clips it should hold (`SplitMeta.clip_ids` less `skipped`): a split missing
 some (a deleted or corrupt chunk) is refused for reading, and `extract_bank` rebuilds them.
+
+Sharded extraction (`Shard`): N processes, on one machine or many sharing the folder, each extract a
+contiguous slice of every split's clips into the same bank. Each holds its own shard lock; chunk
+names carry the shard, so they cannot collide; shared files (bank.json, meta.json, verified.json)
+change only under the bank's mutex. A split is complete when every clip is committed, whichever
+shard committed it; until then reading it names the shards that still lack clips.
 """
 
 from __future__ import annotations
@@ -31,9 +39,11 @@ import errno
 import fcntl
 import hashlib
 import os
+import re
 import socket
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +90,95 @@ class SplitMeta(BaseModel):
     skipped: dict[str, str] = {}
     metrics: list[str] = []  # the dataset's declared metrics; empty: the task's defaults
     format: int = 1  # BANK_FORMAT of the writer; folders from before it was recorded read as 1
+    shards: int = 1  # how many shards the last extraction of this split ran as (names the unfinished ones)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One process's share of an extraction run as `count` processes (`extract --shard index/count`).
+
+    Shard i takes the i-th of `count` contiguous slices of every split's clip list, in the dataset's
+    order (slice sizes differ by at most one clip): the shares are disjoint, cover every clip, and
+    are the same on every rerun. `index` is 0-based, as SLURM_ARRAY_TASK_ID with `--array=0-(n-1)`
+    and torchrun's RANK are. Shard(0, 1), the default, is the whole split: an unsharded extraction.
+    """
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.count, int) and self.count >= 1):
+            raise ValueError(f"--shard {self.index}/{self.count}: the shard count must be a whole number >= 1")
+        if not (isinstance(self.index, int) and 0 <= self.index < self.count):
+            raise ValueError(f"--shard {self.index}/{self.count}: the shard index must be in 0..{self.count - 1} (0-based, like "
+                             f"SLURM_ARRAY_TASK_ID with --array=0-{self.count - 1} and torchrun's RANK)")
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        """`"i/n"` -> Shard(i, n); a ValueError naming --shard for anything else."""
+        match = re.fullmatch(r"\s*(-?\d+)\s*/\s*(-?\d+)\s*", str(text))
+        if not match:
+            raise ValueError(f"--shard {text!r}: expected INDEX/COUNT, e.g. 0/4 for the first of 4 shards (0-based, like "
+                             "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT with --array=0-3)")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+    @property
+    def sharded(self) -> bool:
+        return self.count > 1
+
+    def share(self, clip_ids: list[str]) -> list[str]:
+        """This shard's clips of `clip_ids`, in their order: the slice [N i / n, N (i + 1) / n)."""
+        total = len(clip_ids)
+        return list(clip_ids[total * self.index // self.count : total * (self.index + 1) // self.count])
+
+    @staticmethod
+    def owner(position: int, total: int, count: int) -> int:
+        """Index of the shard (of `count`) whose share holds the clip at `position` of `total` (inverse of `share`)."""
+        return (count * (position + 1) - 1) // total
+
+    @property
+    def prefix(self) -> str:
+        """What this shard's chunk names start with ("" unsharded, so unsharded banks keep their names)."""
+        return f"s{self.index}of{self.count}-" if self.sharded else ""
+
+    @property
+    def lock_name(self) -> str:
+        return f".extract.s{self.index}of{self.count}.lock" if self.sharded else ".extract.lock"
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+UNSHARDED = Shard()
+
+# A chunk's name: K (unsharded) or sIofN-K (written by shard I of N); K counts the chunks of one writer.
+_CHUNK_NAME = re.compile(r"(?:s(\d+)of(\d+)-)?(\d+)")
+
+
+def _chunk_shard(name: str) -> Shard | None:
+    """The shard that wrote the chunk named `name` (a file stem), or None when it is no chunk name."""
+    match = _CHUNK_NAME.fullmatch(name)
+    if not match:
+        return None
+    if match.group(1) is None:
+        return UNSHARDED
+    try:
+        return Shard(int(match.group(1)), int(match.group(2)))
+    except ValueError:
+        return None
+
+
+@contextmanager
+def _bank_mutex(root: Path):
+    """Hold BANK/.extract.mutex (flock, blocking) for one short read-modify-write of a file the shards share."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".extract.mutex", "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 @dataclass
@@ -92,6 +191,7 @@ class ChunkRecord:
         lengths: (n,) time steps per clip; the token rows of clip i follow those of clip i - 1.
         files: role ("tokens", "mask", "global") -> {"name", "bytes", "blake2b"} of its array file.
         audio_stamps: (n,) the clips' audio stamps at extraction (None: the dataset gives none).
+        shard: the shard that wrote it (`UNSHARDED` for an unsharded extraction).
     """
 
     index: int
@@ -99,6 +199,12 @@ class ChunkRecord:
     lengths: list[int]
     files: dict[str, dict] = field(default_factory=dict)
     audio_stamps: list[str | None] = field(default_factory=list)
+    shard: Shard = UNSHARDED
+
+    @property
+    def name(self) -> str:
+        """The stem of its files: K, or sIofN-K for shard I of N."""
+        return _chunk_name(self.shard, self.index)
 
     def to_json(self) -> dict:
         return {"clip_ids": self.clip_ids, "lengths": self.lengths, "files": self.files, "audio_stamps": self.audio_stamps}
@@ -108,8 +214,12 @@ def _chunk_dir(split_dir: Path) -> Path:
     return split_dir / "chunks"
 
 
-def _stem(split_dir: Path, index: int) -> Path:
-    return _chunk_dir(split_dir) / f"{index:06d}"
+def _chunk_name(shard: Shard, index: int) -> str:
+    return f"{shard.prefix}{index:06d}"
+
+
+def _stem(split_dir: Path, name: str) -> Path:
+    return _chunk_dir(split_dir) / name
 
 
 def file_digest(path: Path) -> str:
@@ -158,25 +268,26 @@ def read_chunk_records(split_dir: Path) -> tuple[list[ChunkRecord], dict[int, st
     is unreadable, inconsistent, or one of its files is missing or has another size than committed.
 
     Returns:
-        (records, problems): usable records; chunk index -> description of what is wrong with it.
+        (records, problems): usable records; chunk name -> description of what is wrong with it.
     """
     records, problems = [], {}
     for path in sorted(_chunk_dir(split_dir).glob("*.json")):
-        if not path.stem.isdigit():
+        shard = _chunk_shard(path.stem)
+        if shard is None:
             continue
-        index = int(path.stem)
+        index = int(_CHUNK_NAME.fullmatch(path.stem).group(3))
         try:
             blob = read_json(path)
             record = ChunkRecord(index, list(blob["clip_ids"]), [int(n) for n in blob["lengths"]], dict(blob["files"]),
-                                 list(blob["audio_stamps"]))
+                                 list(blob["audio_stamps"]), shard)
             if not (len(record.clip_ids) == len(record.lengths) == len(record.audio_stamps)) or "tokens" not in record.files:
                 raise ValueError("clip ids, lengths and audio stamps differ in count, or no token file")
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            problems[index] = f"{path}: commit record unreadable or corrupt ({type(exc).__name__}: {exc})"
+            problems[path.stem] = f"{path}: commit record unreadable or corrupt ({type(exc).__name__}: {exc})"
             continue
         problem = _file_sizes_problem(split_dir, record)
         if problem:
-            problems[index] = problem
+            problems[path.stem] = problem
             continue
         records.append(record)
     return records, problems
@@ -188,7 +299,7 @@ def _file_sizes_problem(split_dir: Path, record: ChunkRecord) -> str | None:
         try:
             size = path.stat().st_size
         except OSError:
-            return f"{path}: missing ({role} of chunk {record.index})"
+            return f"{path}: missing ({role} of chunk {record.name})"
         if size != entry["bytes"]:
             return f"{path}: {size} bytes, committed with {entry['bytes']} (truncated or overwritten)"
     return None
@@ -229,9 +340,9 @@ def verify_chunk(split_dir: Path, record: ChunkRecord, verified: dict | None = N
     return None
 
 
-def remove_chunk(split_dir: Path, index: int) -> None:
-    """Drop one chunk: its commit record first (the chunk stops existing), then its array files."""
-    stem = _stem(split_dir, index)
+def remove_chunk(split_dir: Path, name: str) -> None:
+    """Drop the chunk `name`: its commit record first (the chunk stops existing), then its array files."""
+    stem = _stem(split_dir, name)
     stem.with_suffix(".json").unlink(missing_ok=True)
     for role in CHUNK_ARRAYS:
         stem.with_suffix(f".{role}.npy").unlink(missing_ok=True)
@@ -253,37 +364,57 @@ def _write_verified(split_dir: Path, verified: dict) -> None:
 
 
 class ExtractLock:
-    """An exclusive lock on a bank for one extraction: `flock` on BANK/.extract.lock.
+    """An exclusive lock on a bank (or on one shard of it) for one extraction: `flock` on BANK/`shard.lock_name`.
 
     The kernel releases it when the holder dies (even by SIGKILL), so a stale lock cannot block a
     rerun. The file records the holder's pid, host and start time for the refusal message. flock
-    covers processes on one machine (and NFS mounts that support it).
+    covers processes on one machine, and machines sharing an NFS (v4, or v3 with lockd) or Lustre
+    (mounted with -o flock) folder.
+
+    Shards of one run (same count) each hold their own lock and write at once; taking it is refused
+    while the same shard is held, or while an extraction with another shard count (unsharded
+    included) holds any lock of the bank: its slices differ, so both would extract some clips.
     """
 
-    def __init__(self, root: Path) -> None:
-        self.path = Path(root) / ".extract.lock"
+    def __init__(self, root: Path, shard: Shard = UNSHARDED) -> None:
+        self.root = Path(root)
+        self.shard = shard
+        self.path = self.root / shard.lock_name
         self._handle = None
 
     def acquire(self) -> None:
-        """Take the lock, or raise BankError naming the extraction that holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
+        """Take the lock, or raise BankError naming the extraction that holds it (or one that conflicts)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        # Under the mutex, so that no other writer takes its own lock between the probes below and ours.
+        with _bank_mutex(self.root):
+            handle = open(self.path, "a+")
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown holder"
+                handle.close()
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    if self.shard.sharded:
+                        raise BankError(
+                            f"{self.root}: shard {self.shard} of this bank is already being extracted ({holder}); wait for it "
+                            "to finish (then rerun to check it is complete), or give this process another --shard"
+                        ) from None
+                    raise BankError(
+                        f"{self.root}: another extraction is writing this bank ({holder}); wait for it to finish "
+                        "(then rerun to check it is complete), or use another --bank folder"
+                    ) from None
+                raise
+            conflicting = [(shard, holder) for shard, holder in running_extractions(self.root, skip=self.path)
+                           if shard.count != self.shard.count]
+            if conflicting:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+                handle.close()
+                raise BankError(_conflict_message(self.root, self.shard, conflicting))
             handle.seek(0)
-            holder = handle.read().strip() or "unknown holder"
-            handle.close()
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise BankError(
-                    f"{self.path.parent}: another extraction is writing this bank ({holder}); wait for it to finish "
-                    "(then rerun to check it is complete), or use another --bank folder"
-                ) from None
-            raise
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        handle.flush()
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            handle.flush()
         self._handle = handle
 
     def release(self) -> None:
@@ -301,20 +432,89 @@ class ExtractLock:
         self.release()
 
 
+def running_extractions(root: Path, skip: Path | None = None) -> list[tuple[Shard, str]]:
+    """The extractions holding a lock of the bank at `root` now: (shard, "pid P on HOST since ...") each.
+
+    Each lock file is probed with a non-blocking flock (taken and released at once when free); call it
+    under the bank mutex, as `ExtractLock.acquire` does, so a probe never stands in a starting writer's way.
+    """
+    running = []
+    for path in sorted(Path(root).glob(".extract*.lock")):
+        match = re.fullmatch(r"\.extract(?:\.s(\d+)of(\d+))?\.lock", path.name)
+        if not match or (skip is not None and path == skip):
+            continue
+        try:
+            shard = Shard(int(match.group(1)), int(match.group(2))) if match.group(1) else UNSHARDED
+        except ValueError:
+            continue
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                running.append((shard, handle.read().strip() or "unknown holder"))
+            else:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return running
+
+
+def _conflict_message(root: Path, shard: Shard, others: list[tuple[Shard, str]]) -> str:
+    def layout(s: Shard) -> str:
+        return f"shard {s} (--shard {s})" if s.sharded else "an extraction without --shard"
+
+    listed = "; ".join(f"{layout(s)}: {holder}" for s, holder in others[:4]) + (f"; and {len(others) - 4} more" if len(others) > 4 else "")
+    ours = f"--shard {shard}" if shard.sharded else "an extraction without --shard"
+    count = others[0][0].count
+    same = f"--shard i/{count} like it" if count > 1 else "no --shard like it"
+    return (f"{root}: another extraction is writing this bank and splits its clips differently ({listed}); {ours} would "
+            f"extract some of the same clips. Wait for it to finish, or run this one with {same}")
+
+
 class SplitWriter:
-    """Appends chunks of token maps to one split folder (used by `extract_bank`).
+    """Appends chunks of token maps to one split folder (used by `extract_bank`), for one shard of its clips.
 
     Opening an existing folder checks that it was built with the same encoder config, the same
     dataset and the same storage dtype; otherwise it refuses, so a bank never mixes token maps from
-    two models. It then drops every chunk that cannot be used (unreadable record, missing, truncated
-    or corrupt file, non-finite values, clips committed twice), listed in `repaired`, so that their
-    clips count as not extracted; a split that lost clips is no longer complete.
+    two models. It then drops every chunk holding clips of its share that cannot be used (unreadable
+    record, missing, truncated or corrupt file, non-finite values, clips committed twice), listed in
+    `repaired`, so that their clips count as not extracted; a split that lost clips is no longer
+    complete. Chunks of other shards of the same run are never touched: their writers may be running.
+
+    Attributes:
+        share: the clips of `meta.clip_ids` this shard extracts (all of them unsharded).
+        done: clips of the share (and of the chunks holding them) already committed.
     """
 
-    def __init__(self, split_dir: Path, meta: SplitMeta) -> None:
+    def __init__(self, split_dir: Path, meta: SplitMeta, shard: Shard = UNSHARDED) -> None:
         self.dir = Path(split_dir)
-        meta_path = self.dir / "meta.json"
+        self.shard = shard
         self.repaired: list[str] = []
+        with _bank_mutex(self.dir.parent):
+            self.meta = self._create_or_check_meta(meta)
+        self.share = shard.share(self.meta.clip_ids)
+        chunks = _chunk_dir(self.dir)
+        chunks.mkdir(parents=True, exist_ok=True)
+        for stale in chunks.glob(".*.tmp"):  # ".NAME.ROLE.npy.RANDOM.tmp", left by a killed writer
+            if self._may_clean(stale.name[1:].split(".")[0]):
+                stale.unlink(missing_ok=True)
+        self.chunks = self._usable_chunks()
+        self.done = {clip_id for chunk in self.chunks for clip_id in chunk.clip_ids}
+        # Array files without a commit record were left by a killed run (or a dropped chunk): our lock and the
+        # refusal of other shard counts guarantee that no writer is about to commit those we may clean.
+        committed = {path.stem for path in chunks.glob("*.json")}
+        for path in chunks.glob("*.npy"):
+            stem = path.name.split(".")[0]
+            if stem not in committed and self._may_clean(stem):
+                path.unlink(missing_ok=True)
+        own = [int(_CHUNK_NAME.fullmatch(stem).group(3)) for stem in committed if _chunk_shard(stem) == shard]
+        self.next_index = max(own) + 1 if own else 0
+        missing = [c for c in self.share if c not in self.done and c not in self.meta.skipped]
+        if self.meta.complete and missing:
+            self._update_meta(lambda current: current.model_copy(update={"complete": False}))
+
+    def _create_or_check_meta(self, meta: SplitMeta) -> SplitMeta:
+        """meta.json as it must be for this extraction: created, or checked against the stored one (call under the mutex)."""
+        meta_path = self.dir / "meta.json"
         if meta_path.exists():
             existing = read_split_meta(self.dir)
             if existing.encoder_config_hash != meta.encoder_config_hash:
@@ -334,47 +534,55 @@ class SplitWriter:
                     f"{self.dir}: this split stores tokens as {existing.dtype}; you asked for {meta.dtype}. Rerun with "
                     f"--dtype {existing.dtype} to resume it, or use a new --bank folder for {meta.dtype}."
                 )
-            meta = existing.model_copy(update={"skipped": {**existing.skipped, **meta.skipped}})
+            meta = existing.model_copy(update={"skipped": {**existing.skipped, **meta.skipped}, "shards": self.shard.count})
         else:
-            meta = meta.model_copy(update={"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "format": BANK_FORMAT})
-        self.meta = meta
-        _chunk_dir(self.dir).mkdir(parents=True, exist_ok=True)
-        for stale in _chunk_dir(self.dir).glob(".*.tmp"):
-            stale.unlink(missing_ok=True)
-        self.chunks = self._usable_chunks()
-        self.done = {clip_id for chunk in self.chunks for clip_id in chunk.clip_ids}
-        # Array files without a usable commit record were left by a killed run (or a dropped chunk): the
-        # extraction lock guarantees no other writer is about to commit them.
-        committed = {chunk.index for chunk in self.chunks}
-        for path in _chunk_dir(self.dir).glob("*.npy"):
-            stem = path.name.split(".")[0]
-            if stem.isdigit() and int(stem) not in committed:
-                path.unlink(missing_ok=True)
-        self.next_index = max(committed) + 1 if committed else 0
-        missing = [c for c in self.meta.clip_ids if c not in self.done and c not in self.meta.skipped]
-        if self.meta.complete and missing:
-            self.meta = self.meta.model_copy(update={"complete": False})
-        write_json(meta_path, self.meta.model_dump())
+            meta = meta.model_copy(update={"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "format": BANK_FORMAT,
+                                           "shards": self.shard.count})
+        write_json(meta_path, meta.model_dump())
+        return meta
+
+    def _update_meta(self, change) -> None:
+        """Apply `change` (SplitMeta -> SplitMeta) to the meta.json on disk under the mutex: other shards update it too."""
+        with _bank_mutex(self.dir.parent):
+            self.meta = change(read_split_meta(self.dir))
+            write_json(self.dir / "meta.json", self.meta.model_dump())
+
+    def _may_clean(self, stem: str) -> bool:
+        """Whether leftover files of chunk `stem` are ours to delete: our shard's, or of another shard count (none runs)."""
+        writer = _chunk_shard(stem)
+        return writer is not None and (writer.count != self.shard.count or writer == self.shard)
 
     def _usable_chunks(self) -> list[ChunkRecord]:
         records, problems = read_chunk_records(self.dir)
+        problems = {name: problem for name, problem in problems.items() if self._may_clean(name)}
+        wanted = set(self.share)
         verified = _read_verified(self.dir)
         usable, seen = [], set()
         for record in records:
+            if record.shard != self.shard and not wanted.intersection(record.clip_ids):
+                continue  # another shard's clips: its writer checks them
             problem = verify_chunk(self.dir, record, verified)
             twice = seen.intersection(record.clip_ids)
             if twice and problem is None:
-                problem = f"{_stem(self.dir, record.index)}.json: clips committed twice (first: {sorted(twice)[:3]})"
+                problem = f"{_stem(self.dir, record.name)}.json: clips committed twice (first: {sorted(twice)[:3]})"
             if problem:
-                problems[record.index] = problem
+                problems[record.name] = problem
                 continue
             usable.append(record)
             seen.update(record.clip_ids)
-        for index, problem in sorted(problems.items()):
-            remove_chunk(self.dir, index)
+        for name, problem in sorted(problems.items()):
+            remove_chunk(self.dir, name)
             self.repaired.append(problem)
-        _write_verified(self.dir, verified)
+        self._save_verified(verified)
         return usable
+
+    def _save_verified(self, verified: dict) -> None:
+        """Add `verified` to verified.json (under the mutex: other shards add theirs)."""
+        try:
+            with _bank_mutex(self.dir.parent):
+                _write_verified(self.dir, {**_read_verified(self.dir), **verified})
+        except OSError:
+            pass  # a read-only bank is verified on every load instead
 
     def stale_clips(self, stamp_of) -> list[str]:
         """Committed clips whose audio stamp differs from `stamp_of(clip_id)` now (clips without a stamp are not checked)."""
@@ -385,16 +593,15 @@ class SplitWriter:
                     changed.append(clip_id)
         return changed
 
-    def drop_clips(self, clip_ids: list[str]) -> list[int]:
-        """Remove every chunk holding one of `clip_ids` (their other clips are extracted again); returns the chunk indices."""
+    def drop_clips(self, clip_ids: list[str]) -> list[str]:
+        """Remove every chunk holding one of `clip_ids` (their other clips are extracted again); returns the chunk names."""
         wanted = set(clip_ids)
-        dropped = [chunk.index for chunk in self.chunks if wanted.intersection(chunk.clip_ids)]
+        dropped = [chunk.name for chunk in self.chunks if wanted.intersection(chunk.clip_ids)]
         if dropped and self.meta.complete:
-            self.meta = self.meta.model_copy(update={"complete": False})
-            write_json(self.dir / "meta.json", self.meta.model_dump())
-        for index in dropped:
-            remove_chunk(self.dir, index)
-        self.chunks = [chunk for chunk in self.chunks if chunk.index not in dropped]
+            self._update_meta(lambda current: current.model_copy(update={"complete": False}))
+        for name in dropped:
+            remove_chunk(self.dir, name)
+        self.chunks = [chunk for chunk in self.chunks if chunk.name not in dropped]
         self.done = {clip_id for chunk in self.chunks for clip_id in chunk.clip_ids}
         return dropped
 
@@ -419,7 +626,8 @@ class SplitWriter:
         duplicated = self.done.intersection(clip_ids)
         if duplicated:
             raise BankError(f"{self.dir}: clips already in the bank: {sorted(duplicated)[:5]}")
-        stem = _stem(self.dir, self.next_index)
+        name = _chunk_name(self.shard, self.next_index)
+        stem = _stem(self.dir, name)
         with np.errstate(over="ignore"):  # an overflow to inf is caught just below, with a better message than numpy's
             arrays = {"tokens": np.concatenate(tokens).astype(self.meta.dtype), "mask": np.concatenate(masks).astype(bool)}
         if globals_ is not None and self.meta.global_dim:
@@ -438,22 +646,54 @@ class SplitWriter:
             files[role] = {"name": path.name, "bytes": path.stat().st_size, "blake2b": file_digest(path)}
         lengths = [int(t.shape[0]) for t in tokens]
         stamps = list(audio_stamps) if audio_stamps is not None else [None] * len(clip_ids)
-        record = ChunkRecord(self.next_index, list(clip_ids), lengths, files, stamps)
+        record = ChunkRecord(self.next_index, list(clip_ids), lengths, files, stamps, self.shard)
         write_json(stem.with_suffix(".json"), record.to_json())
         self.chunks.append(record)
         self.done.update(clip_ids)
         self.next_index += 1
         if self.meta.freq_dim is None:
-            self.meta = self.meta.model_copy(update={"freq_dim": int(tokens[0].shape[1])})
-            write_json(self.dir / "meta.json", self.meta.model_dump())
+            freq = int(tokens[0].shape[1])
+            self._update_meta(lambda current: current.model_copy(update={"freq_dim": current.freq_dim or freq}))
 
     def finish(self, skipped: dict[str, str] | None = None) -> None:
+        """Record this shard's share as done (and its `skipped` clips); the split is complete once no clip is missing."""
         skipped = {**self.meta.skipped, **(skipped or {})}
-        missing = [c for c in self.meta.clip_ids if c not in self.done and c not in skipped]
+        missing = [c for c in self.share if c not in self.done and c not in skipped]
         if missing:
             raise BankError(f"{self.dir}: {len(missing)} clips not extracted yet (first: {missing[:3]})")
-        self.meta = self.meta.model_copy(update={"complete": True, "skipped": skipped})
-        write_json(self.dir / "meta.json", self.meta.model_dump())
+
+        def finished(current: SplitMeta) -> SplitMeta:
+            merged = {**current.skipped, **skipped}
+            committed = set(self.done)
+            if self.shard.sharded:  # the other shards' clips count once committed, whoever committed them
+                committed.update(clip_id for record in read_chunk_records(self.dir)[0] for clip_id in record.clip_ids)
+            complete = all(c in committed or c in merged for c in current.clip_ids)
+            return current.model_copy(update={"complete": complete, "skipped": merged})
+
+        self._update_meta(finished)
+
+    @property
+    def complete(self) -> bool:
+        return self.meta.complete
+
+
+def _shards_advice(lacking: dict[int, int], count: int) -> str:
+    """What to tell the user when shards `lacking` (index -> clips missing) of a `count`-shard extraction must run."""
+    listed = ", ".join(f"{index}/{count} ({missing} clip{'s' if missing != 1 else ''})" for index, missing in sorted(lacking.items()))
+    flags = " and with ".join(f"--shard {index}/{count}" for index in sorted(lacking))
+    return (f"shard(s) {listed} have not committed all their clips. Run your `patchprobe extract` command with {flags} "
+            "(a shard resumes where it stopped); the split can be read once every shard has committed its clips.")
+
+
+def unfinished_shards(meta: SplitMeta, committed: set[str]) -> dict[int, int]:
+    """Shard index (of `meta.shards`) -> how many of its clips are neither committed nor skipped (only shards lacking some)."""
+    lacking: dict[int, int] = {}
+    total = len(meta.clip_ids)
+    for position, clip_id in enumerate(meta.clip_ids):
+        if clip_id not in committed and clip_id not in meta.skipped:
+            owner = Shard.owner(position, total, meta.shards)
+            lacking[owner] = lacking.get(owner, 0) + 1
+    return lacking
 
 
 class BankSplit:
@@ -478,9 +718,9 @@ class BankSplit:
             raise BankError(f"{self.dir}: not a bank split (no meta.json); build it with `patchprobe extract`")
         self.meta = read_split_meta(self.dir)
         self.problems: list[str] = []
-        if not self.meta.complete:
-            self._problem(f"{self.dir}: extraction did not finish; rerun the same `patchprobe extract` command to resume it", allow_incomplete)
         records, broken = read_chunk_records(self.dir)
+        if not self.meta.complete:
+            self._problem(self._unfinished(records), allow_incomplete)
         for problem in broken.values():
             self._problem(f"{problem}; {RERUN}", allow_incomplete)
         self.chunks: list[ChunkRecord] = []
@@ -489,10 +729,10 @@ class BankSplit:
         for chunk in records:
             twice = [c for c in chunk.clip_ids if c in where]
             if twice:
-                self._problem(f"{_stem(self.dir, chunk.index)}.json: clips committed twice (first: {twice[:3]}; two extractions at "
+                self._problem(f"{_stem(self.dir, chunk.name)}.json: clips committed twice (first: {twice[:3]}; two extractions at "
                               f"once?); {RERUN}", allow_incomplete)
                 continue
-            stem = _stem(self.dir, chunk.index)
+            stem = _stem(self.dir, chunk.name)
             try:
                 tokens = np.load(stem.with_suffix(".tokens.npy"), mmap_mode="r")
                 masks = np.load(stem.with_suffix(".mask.npy"), mmap_mode="r")
@@ -513,11 +753,13 @@ class BankSplit:
                 offset += length
         skipped = self.meta.skipped
         self.missing = [c for c in self.meta.clip_ids if c not in where and c not in skipped]
-        if self.missing:
+        # A sharded extraction still running lacks clips by design: the message above names its shards.
+        if self.missing and (self.meta.complete or self.meta.shards <= 1):
+            rerun = ("Rerun the same `patchprobe extract` command: it rebuilds the missing clips." if self.meta.shards <= 1
+                     else _shards_advice(unfinished_shards(self.meta, set(where)), self.meta.shards))
             self._problem(
                 f"{self.dir}: {len(self.missing)} of {len(self.meta.clip_ids) - len(skipped)} clips are missing "
-                f"(first: {self.missing[:3]}); a chunk was lost, deleted or found corrupt. Rerun the same `patchprobe extract` "
-                "command: it rebuilds the missing clips.",
+                f"(first: {self.missing[:3]}); a chunk was lost, deleted or found corrupt. {rerun}",
                 allow_incomplete,
             )
         labels_path = self.dir / "labels.npy"
@@ -533,6 +775,17 @@ class BankSplit:
         self.labels = all_labels[keep]
         self._where = [where[clip_id] for clip_id in self.clip_ids]
         self.lengths = np.array([w[3] for w in self._where], dtype=np.int64)
+
+    def _unfinished(self, records: list[ChunkRecord]) -> str:
+        """Why a split not marked complete cannot be read yet, and what to run."""
+        count = self.meta.shards
+        if count <= 1:
+            return f"{self.dir}: extraction did not finish; rerun the same `patchprobe extract` command to resume it"
+        lacking = unfinished_shards(self.meta, {clip_id for record in records for clip_id in record.clip_ids})
+        if not lacking:
+            return (f"{self.dir}: every clip is committed, but the extraction in {count} shards did not record its end; rerun "
+                    f"your `patchprobe extract` command with one of its shards (e.g. --shard 0/{count}) to finish it")
+        return f"{self.dir}: extraction in {count} shards is not finished: {_shards_advice(lacking, count)}"
 
     def _problem(self, message: str, allow: bool) -> None:
         if not allow:
@@ -557,7 +810,7 @@ class BankSplit:
         for chunk in self.chunks:
             problem = verify_chunk(self.dir, chunk, verified)
             if problem:
-                problems.append(f"{problem}; {RERUN} (it drops and rebuilds chunk {chunk.index})")
+                problems.append(f"{problem}; {RERUN} (it drops and rebuilds chunk {chunk.name})")
         _write_verified(self.dir, verified)
         return problems
 
@@ -828,7 +1081,7 @@ def read_split_arrays(split: BankSplit, pin: bool = False, tokens: bool = True) 
         # -1: a committed clip the split does not list (read, then left out)
         rows = np.array([row_of.get(clip_id, -1) for clip_id in chunk.clip_ids], dtype=np.int64)
         lengths = np.asarray(chunk.lengths, dtype=np.int64)
-        stem = _stem(split.dir, chunk.index)
+        stem = _stem(split.dir, chunk.name)
         in_order = bool(len(rows)) and rows[0] >= 0 and bool((rows == np.arange(rows[0], rows[0] + len(rows))).all())
         if not read_tokens:
             chunk_mask = np.empty((int(lengths.sum()), freq), bool)
@@ -896,8 +1149,14 @@ class Bank:
         A new bank gets `bank.json` = header + {"splits": splits}. An existing one must match the header
         on `IDENTITY_KEYS` and on "dtype" where recorded (else BankError: a bank holds one encoder
         config, one dataset and one storage dtype); the requested splits are added to its `splits`.
+        Shards starting at once do this one after another (under the bank's mutex).
         """
         root = Path(root)
+        with _bank_mutex(root):
+            return cls._create_or_check(root, header, splits)
+
+    @classmethod
+    def _create_or_check(cls, root: Path, header: dict, splits: list[str]) -> "Bank":
         path = root / "bank.json"
         if path.exists():
             bank = cls(root)
