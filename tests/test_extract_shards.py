@@ -213,3 +213,15 @@ def test_torchrun_ranks_choose_their_shard_and_gpu(manifest, tmp_path):
     assert result.exit_code == 0, result.output
     assert "torchrun: shard 1/2 from torchrun's RANK/WORLD_SIZE" in result.output
     assert {name.split("-")[0] for name in chunk_names(bank)} == {"s1of2"} and not Bank(bank).is_complete()
+
+
+def test_after_the_shards_stopped_another_layout_finishes_only_the_missing_clips(manifest, toy_reference, tmp_path):
+    bank = tmp_path / "bank"
+    build(manifest, bank, shard="0/2")
+    result = CliRunner().invoke(app, ["info", str(bank)])
+    assert result.exit_code == 2 and "--shard 1/2" in " ".join(result.output.split()), result.output
+    before = {path.name: path.stat().st_mtime_ns for path in (bank / "train" / "chunks").glob("s0of2-*")}
+    build(manifest, bank)  # no --shard: the rest of the clips, under unsharded chunk names
+    assert {path.name: path.stat().st_mtime_ns for path in (bank / "train" / "chunks").glob("s0of2-*")} == before
+    assert chunk_names(bank) == ["000000", "000001", "s0of2-000000", "s0of2-000001"]
+    assert_same_clips(bank, toy_reference, atol=2e-3)

@@ -681,8 +681,9 @@ def _shards_advice(lacking: dict[int, int], count: int) -> str:
     """What to tell the user when shards `lacking` (index -> clips missing) of a `count`-shard extraction must run."""
     listed = ", ".join(f"{index}/{count} ({missing} clip{'s' if missing != 1 else ''})" for index, missing in sorted(lacking.items()))
     flags = " and with ".join(f"--shard {index}/{count}" for index in sorted(lacking))
-    return (f"shard(s) {listed} have not committed all their clips. Run your `patchprobe extract` command with {flags} "
-            "(a shard resumes where it stopped); the split can be read once every shard has committed its clips.")
+    return (f"shard(s) {listed} have not committed all their clips. Wait for them if they are running, else run your "
+            f"`patchprobe extract` command with {flags} (a shard resumes where it stopped); the split can be read once every "
+            "shard has committed its clips.")
 
 
 def unfinished_shards(meta: SplitMeta, committed: set[str]) -> dict[int, int]:
