@@ -86,9 +86,9 @@ def test_two_processes_fill_one_bank_equal_to_a_single_extraction(manifest, tmp_
     output = other.communicate(timeout=240)[0].decode()
     assert other.returncode == 0, output[-3000:]
     assert ours.exit_code == 0, ours.output
-    assert "every shard has finished" in output + ours.output
+    assert "every shard has finished" in " ".join((output + ours.output).split())  # said by whichever shard ended last
     # Each shard committed only its own slice, under its own chunk names.
-    for name, total in SIZES.items():
+    for name in SIZES:
         names = chunk_names(bank, name)
         assert {n.split("-")[0] for n in names} == {"s0of2", "s1of2"}, names
         for index in range(2):
