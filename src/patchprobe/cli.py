@@ -217,6 +217,8 @@ def train(
     prototypes_per_class: Optional[int] = typer.Option(None, help="J for the prototype probes (default: the probe's, see `patchprobe probes`)"),
     probe_arg: Optional[list[str]] = typer.Option(None, help="extra probe argument KEY=VALUE (JSON value), repeatable"),
     device: str = typer.Option("cpu"),
+    precision: str = typer.Option("fp32", help="fp32, or bf16: the probe's forward pass under bfloat16 autocast (GPUs with bf16 "
+                                  "matrix units; weights, optimiser and evaluation stay float32)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a finished run of another setting in --out"),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
@@ -236,8 +238,11 @@ def train(
         raise typer.BadParameter(f"{solver!r} is not adamw or lbfgs", param_hint="--solver")
     if loss not in ("auto", "asl", "bce", "ce"):
         raise typer.BadParameter(f"{loss!r} is not auto, asl, bce or ce", param_hint="--loss")
+    if precision not in ("fp32", "bf16"):
+        raise typer.BadParameter(f"{precision!r} is not fp32 or bf16", param_hint="--precision")
     config = TrainConfig(probe=probe, probe_args=args, epochs=epochs, lr=lr, weight_decay=1e-4 if weight_decay is None else weight_decay,
-                         batch_size=batch_size, loss=loss, seed=seed, data_seed=seed, device=device, solver=solver)
+                         batch_size=batch_size, loss=loss, seed=seed, data_seed=seed, device=device, solver=solver,
+                         precision=precision)
     loaded = LoadedBank.load(bank, device=device)
     if solver == "lbfgs" and weight_decay is None:
         loaded.require("valid", purpose="searching the L2 strength (or pass --weight-decay)")

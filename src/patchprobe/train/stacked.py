@@ -22,7 +22,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from ..bank import LoadedSplit
 from ..probes import Probe, shared_pooled_inputs
-from .core import TrainConfig
+from .core import TrainConfig, autocast
 
 # AdamW's constants (torch.optim.AdamW's defaults, which the one-at-a-time path uses).
 BETAS = (0.9, 0.999)
@@ -45,13 +45,16 @@ class _LossOfBatch(nn.Module):
     A module so that `functional_call` can swap the probe's parameters for one slice of the stack.
     """
 
-    def __init__(self, probe: Probe, loss) -> None:
+    def __init__(self, probe: Probe, loss, config: TrainConfig) -> None:
         super().__init__()
         self.probe = probe
         self.loss = loss
+        self.config = config
 
     def forward(self, batch: dict, device, labels: torch.Tensor) -> torch.Tensor:
-        loss = self.loss(self.probe.forward_batch(batch, device), labels)
+        with autocast(self.config):
+            logits = self.probe.forward_batch(batch, device)
+        loss = self.loss(logits.float(), labels)
         auxiliary = self.probe.auxiliary_loss()
         return loss if auxiliary is None else loss + auxiliary
 
@@ -81,7 +84,7 @@ class StackedMembers:
         self.probes, self.configs = probes, configs
         self.count = len(probes)
         self.device = configs[0].device
-        self._loss_template = _LossOfBatch(copy.deepcopy(probes[0]), loss)
+        self._loss_template = _LossOfBatch(copy.deepcopy(probes[0]), loss, configs[0])
         self._logits_template = _Logits(self._loss_template.probe)
         self.params, self.buffers = stack_module_state([p for p in probes])
         # per stacked parameter: each member's base lr and weight decay, from the member's own groups

@@ -19,7 +19,7 @@ import torch
 from .._progress import ProgressBar
 from ..bank import LoadedSplit
 from ..probes import Probe, shared_pooled_inputs
-from .core import (ClassMetrics, DecisionThresholds, LrSelection, SplitScores, TrainConfig, TrainResult, build_probe, lr_grid,
+from .core import (ClassMetrics, DecisionThresholds, LrSelection, SplitScores, TrainConfig, TrainResult, autocast, build_probe, lr_grid,
                    make_loss, optional_to, predict, probabilities)
 from .lbfgs import fit_lbfgs
 from .stacked import MAX_STACK, StackedMembers, stack_key
@@ -372,8 +372,9 @@ def _step(member: dict, batch: dict, step: int, total: int, steps_per_epoch: int
     factor = _lr_factor(step, total, int(round(config.warmup_epochs * steps_per_epoch)))
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] * factor
-    logits = probe.forward_batch(batch, device)
-    loss = member["loss"](logits, batch["labels"].to(device))
+    with autocast(config):
+        logits = probe.forward_batch(batch, device)
+    loss = member["loss"](logits.float(), batch["labels"].to(device))
     auxiliary = probe.auxiliary_loss()
     if auxiliary is not None:
         loss = loss + auxiliary
