@@ -27,7 +27,9 @@ def _settings(probe: str, **extra) -> list[TrainConfig]:
 
 
 @pytest.mark.parametrize("probe", PROBES.names())
-def test_stacked_training_equals_training_each_alone(tiny_bank, probe):
+def test_stacked_training_equals_training_each_alone(tiny_bank, probe, monkeypatch):
+    # every head, also those that train unstacked by default (stack_trials False: slower vmapped, not wrong)
+    monkeypatch.setattr(PROBES.get(probe), "stack_trials", True)
     loaded = LoadedBank.load(tiny_bank)
     train, valid = loaded.splits["train"], loaded["valid"]
     configs = _settings(probe)

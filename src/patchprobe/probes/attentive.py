@@ -104,6 +104,8 @@ class EfficientProbe(AttentiveProbe):
     `queries` (M, default 32) must divide D. Parameters: M D + D^2 + (D + 1) C.
     """
 
+    stack_trials = False  # its grouped value products run slower vmapped than K separate passes (`Probe.stack_trials`)
+
     def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0, queries: int = 32) -> None:
         super().__init__(token_dim, num_classes, global_dim, freq_tokens)
         if token_dim % queries:

@@ -23,6 +23,8 @@ class ConvProbe(Probe):
     the same output as the clip alone. Parameters: 10 D + D^2 + D + (2 D + 1) C.
     """
 
+    stack_trials = False  # vmapped depthwise convolutions run slower than K separate ones (`Probe.stack_trials`)
+
     def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0, kernel_size: int = 3) -> None:
         super().__init__(token_dim, num_classes, global_dim, freq_tokens)
         if kernel_size % 2 != 1:

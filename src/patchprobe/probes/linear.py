@@ -147,6 +147,8 @@ class LinearPreNormProbe(Probe):
     before pooling, so it cannot train on vectors pooled once (`pooled_inputs` stays None).
     """
 
+    stack_trials = False  # a per-token LayerNorm with K affine sets runs slower vmapped than K passes (`Probe.stack_trials`)
+
     def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0) -> None:
         super().__init__(token_dim, num_classes, global_dim, freq_tokens)
         self.token_norm = nn.LayerNorm(token_dim)

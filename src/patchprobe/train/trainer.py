@@ -324,10 +324,12 @@ def _train_group(train: LoadedSplit, configs, epochs, batch_size, data_seed, pro
 
 
 def _make_stacks(members: list[dict], multilabel: bool) -> list[tuple[StackedMembers, list[int]]]:
-    """Members that differ only in `STACKABLE_FIELDS`, in groups of two to MAX_STACK: one stacked model each."""
+    """Members that differ only in `STACKABLE_FIELDS`, in groups of two to MAX_STACK: one stacked model each
+    (heads with `stack_trials` False train as separate members of the shared pass)."""
     by_key: dict[str, list[int]] = {}
     for slot, member in enumerate(members):
-        by_key.setdefault(stack_key(member["config"]), []).append(slot)
+        if member["probe"].stack_trials:
+            by_key.setdefault(stack_key(member["config"]), []).append(slot)
     stacks = []
     for slots in by_key.values():
         for start in range(0, len(slots), MAX_STACK):
