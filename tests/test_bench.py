@@ -87,3 +87,18 @@ def test_the_worker_holds_one_bank_at_a_time(tmp_path, monkeypatch):
     other = held.get(second)
     assert loads == [first, second] and other.root == second
     assert gone() is None  # the first bank was let go before the second was read
+
+
+def test_trials_per_pass_is_left_out_of_a_search_jobs_identity(tmp_path):
+    """How a worker trains (trials per pass) does not define a search: a grid folder made without it is reused with it."""
+    from patchprobe.bench import Grid
+
+    path = _grid(tmp_path, probes=("linear",))
+    before = Grid(path)
+    job = before.jobs()[1]
+    with_passes = yaml.safe_load(path.read_text()) | {"trials_per_pass": 2}
+    path.write_text(yaml.safe_dump(with_passes))
+    after = Grid(path)
+    assert after.sweep_config("linear", "ml").trials_per_pass == 2
+    assert after.job_identity(job) == before.job_identity(job)
+    assert after.job_identity(job)["search"] == {"probe": "linear", "trials": 3, "epochs": 2, "seeds": 2}

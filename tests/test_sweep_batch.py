@@ -27,32 +27,45 @@ def _one_pass(trials) -> bool:
     return max(t.datetime_start for t in trials) < min(t.datetime_complete for t in trials)
 
 
-@pytest.mark.parametrize("probe", ["linear", "mhca"])
-def test_a_pass_gives_each_trial_the_value_it_gets_alone(tmp_path, loaded, probe):
-    # every trial a Sobol point: its setting depends on its number only, so both studies try the same settings
-    base = SweepConfig(probe=probe, trials=4, startup_trials=4, epochs=3, batch_size=16, prune=False, heartbeat_seconds=1,
-                       grace_seconds=3)
+@pytest.mark.parametrize("probe", ["linear", "protobin"])
+def test_passes_give_each_trial_the_reports_decisions_and_value_it_gets_alone(tmp_path, loaded, probe):
+    # every trial a Sobol point (its setting depends on its number only), the paper's pruner: both studies try the same
+    # settings, and the pruner must decide the same for each trial whether trials run one at a time or in a pass
+    base = SweepConfig(probe=probe, trials=4, startup_trials=4, epochs=3, batch_size=16, heartbeat_seconds=1, grace_seconds=3)
     results = {}
     for per_pass in (1, 4):
         study, config = _study(tmp_path, base.model_copy(update={"trials_per_pass": per_pass}), f"k{per_pass}")
         assert search(study, config, loaded) == 4
         results[per_pass] = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     alone, together = results[1], results[4]
-    assert _one_pass(together) and not _one_pass(alone)
+    # min_resource "auto" prunes nothing before a trial completes: the first pass is trial 0 alone, then 1-3 together
+    assert together[0].datetime_complete < together[1].datetime_start and _one_pass(together[1:]) and not _one_pass(alone[1:])
     assert [t.params for t in together] == [t.params for t in alone]
-    assert [t.state for t in together] == [TrialState.COMPLETE] * 4
+    assert [t.state for t in together] == [t.state for t in alone]
     for a, b in zip(alone, together):
-        assert b.value == pytest.approx(a.value, abs=1e-4)
+        assert b.intermediate_values == pytest.approx(a.intermediate_values, abs=1e-4)
+        assert (b.value is None) == (a.value is None) and (b.value is None or b.value == pytest.approx(a.value, abs=1e-4))
         assert b.user_attrs["valid_loss"] == pytest.approx(a.user_attrs["valid_loss"], rel=1e-4)
-        assert b.user_attrs["num_parameters"] == a.user_attrs["num_parameters"]
+        assert b.user_attrs.get("num_parameters") == a.user_attrs.get("num_parameters")
         assert set(b.user_attrs) == set(a.user_attrs) and b.user_attrs["seconds"] > 0
-    assert len({t.value for t in together}) > 1  # the settings differ, and so do the scores
+    assert len({t.intermediate_values[1] for t in together}) == 4  # the settings differ, and so do the scores
+
+
+def test_prune_off_trains_the_first_pass_together_with_the_values_of_trials_alone(tmp_path, loaded):
+    base = SweepConfig(probe="linear", trials=3, startup_trials=3, epochs=2, batch_size=16, prune=False, heartbeat_seconds=1, grace_seconds=3)
+    results = {}
+    for per_pass in (1, 3):
+        study, config = _study(tmp_path, base.model_copy(update={"trials_per_pass": per_pass}), f"k{per_pass}")
+        assert search(study, config, loaded) == 3
+        results[per_pass] = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    assert _one_pass(results[3]) and not _one_pass(results[1])
+    assert [t.value for t in results[3]] == pytest.approx([t.value for t in results[1]], abs=1e-4)
 
 
 def test_the_pruner_stops_one_trial_of_a_pass_and_the_others_complete(tmp_path, loaded):
     # explicit min_resource 1: rung 0 at epoch 1 is decided for every trial, the first included (the "auto" default
     # waits for a completed trial); epochs 3 with a report every epoch: only epoch 1 is a rung
-    base = SweepConfig(probe="linear", trials=3, epochs=3, batch_size=8, lr_range=(1e-6, 1.0), prune_min_resource=1,
+    base = SweepConfig(probe="linear", trials=3, startup_trials=3, epochs=3, batch_size=8, lr_range=(1e-6, 1.0), prune_min_resource=1,
                        report_every=1, heartbeat_seconds=1, grace_seconds=3)
     settings = [{"lr": 1e-6, "weight_decay": 1e-5},  # barely moves; promoted, being the first at its rung
                 {"lr": 0.1, "weight_decay": 1e-5},  # learns: beats trial 0 at epoch 1
@@ -80,11 +93,14 @@ def test_the_pruner_stops_one_trial_of_a_pass_and_the_others_complete(tmp_path, 
         assert (b.value is None) == (a.value is None) and (b.value is None or b.value == pytest.approx(a.value, abs=1e-4))
 
 
-def test_a_pass_never_exceeds_the_budget_and_extends_a_study(tmp_path, loaded):
+def test_a_pass_never_exceeds_the_budget_nor_mixes_sobol_and_tpe_trials_and_extends_a_study(tmp_path, loaded):
     config = SweepConfig(probe="linear", trials=3, epochs=1, prune=False, trials_per_pass=8, heartbeat_seconds=1, grace_seconds=3)
     study, config = _study(tmp_path, config, "budget")
     assert search(study, config, loaded) == 3
     assert len(study.trials) == 3 and all(t.state == TrialState.COMPLETE for t in study.trials)  # asked only 3
+    # one Sobol trial (startup: 3 // 2): the TPE trials wait for its result, then run together
+    first, *tpe = study.trials
+    assert first.datetime_complete < min(t.datetime_start for t in tpe) and _one_pass(tpe)
     # a worker with another pass size joins (how a worker runs is not a setting of the study) and extends it
     wider, wider_config = _study(tmp_path, config.model_copy(update={"trials": 5, "trials_per_pass": 2}), "budget")
     assert search(wider, wider_config, loaded) == 2
@@ -95,8 +111,8 @@ def test_a_pass_never_exceeds_the_budget_and_extends_a_study(tmp_path, loaded):
 def test_a_pass_of_trials_that_fails_leaves_no_trial_running(tmp_path, loaded):
     """Training that raises (here: a probe argument the probe refuses) fails every trial of the pass at once, so
     none holds a place in the budget until the grace period ends."""
-    config = SweepConfig(probe="linear", probe_args={"no_such_argument": 1}, trials=3, epochs=1, trials_per_pass=3,
-                         heartbeat_seconds=1, grace_seconds=3)
+    config = SweepConfig(probe="linear", probe_args={"no_such_argument": 1}, trials=3, startup_trials=3, epochs=1, prune=False,
+                         trials_per_pass=3, heartbeat_seconds=1, grace_seconds=3)
     study, config = _study(tmp_path, config, "fails")
     with pytest.raises(ValueError, match="no_such_argument"):
         search(study, config, loaded)

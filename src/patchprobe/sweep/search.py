@@ -41,7 +41,7 @@ from .._io import atomic_write_with, write_json
 from ..bank import LoadedBank
 from ..errors import SweepIncompleteError
 from ..probes import PROBES
-from ..train import LOSSES, Run, TrainConfig, evaluate_scores, fit, loss_name, predict, primary_metric, train_probes
+from ..train import LOSSES, Run, TrainConfig, compute_metrics, evaluate_scores, fit, loss_name, predict, primary_metric, train_probes
 from .grid import WAIT_FOR_OTHER_WRITERS
 from .storage import Heartbeat, RetryingStorage, redact, redact_in
 
@@ -342,9 +342,19 @@ class _TrialTrainer:
         """(the search's score, 0.0 when not finite; the valid loss; every valid metric) of a probe on the valid split."""
         logits = predict(probe, self.valid)
         metrics = evaluate_scores(self.labels.numpy(), logits, self.multilabel, self.valid.meta.metrics or None)
-        loss = float(self.loss_fn(torch.from_numpy(logits), self.labels))
         value = metrics[self.metric]
-        return (value if math.isfinite(value) else 0.0), loss, metrics
+        return (value if math.isfinite(value) else 0.0), self.loss(logits), metrics
+
+    def report_score(self, probe) -> tuple[float, np.ndarray]:
+        """The search's score alone (what the pruner is told after an epoch; the same number as `score`'s), and the
+        logits (N, C) it came from."""
+        logits = predict(probe, self.valid)
+        value = compute_metrics(self.labels.numpy(), logits, [self.metric])[self.metric]
+        return (value if math.isfinite(value) else 0.0), logits
+
+    def loss(self, logits: np.ndarray) -> float:
+        """The training loss on the valid split, from its logits (N, C)."""
+        return float(self.loss_fn(torch.from_numpy(logits), self.labels))
 
     def setting(self, trial: optuna.Trial) -> TrainConfig:
         """The trial's training run, from its sampled lr and weight decay; _Duplicate when another live trial has them."""
@@ -388,7 +398,7 @@ class _TrialTrainer:
             for index in running:  # lower trial numbers first, as if each were a worker reporting in turn
                 held = runs[index][0]
                 tick = time.perf_counter()
-                value, loss, _ = self.score(probes[index])
+                value, logits = self.report_score(probes[index])
                 try:
                     held.trial.report(value, epoch)
                     pruned = held.trial.should_prune()
@@ -401,7 +411,7 @@ class _TrialTrainer:
                     continue
                 held.seconds += time.perf_counter() - tick
                 if pruned:
-                    held.trial.set_user_attr("valid_loss", loss)
+                    held.trial.set_user_attr("valid_loss", self.loss(logits))
                     held.trial.set_user_attr("pruned_at_epoch", epoch)
                     held.trial.set_user_attr("seconds", round(held.seconds, 2))  # a pruned trial's time counts in the search's cost too
                     held.tell(study, TrialState.PRUNED, None, log)
@@ -512,7 +522,7 @@ def _search(study: optuna.Study, config: SweepConfig, bank: LoadedBank, on_trial
             log(f"trial {number}: its worker went silent for {config.grace_seconds} s; reclaimed (marked failed, its place "
                 "in the budget freed)")
         if _has_place(study, config):
-            outcomes = _run_pass(study, config, trainer, storage, log, config.trials_per_pass)
+            outcomes = _run_pass(study, config, trainer, storage, log, _pass_size(study, config))
             duplicates = duplicates + len(outcomes) if all(o == "duplicate" for o in outcomes) else 0
             if duplicates > MAX_REDRAWS:
                 raise ValueError(f"study {study.study_name!r}: {MAX_REDRAWS} draws in a row repeated settings of other trials; "
@@ -538,6 +548,23 @@ def _search(study: optuna.Study, config: SweepConfig, bank: LoadedBank, on_trial
         waited += pause
 
 
+def _pass_size(study: optuna.Study, config: SweepConfig) -> int:
+    """How many trials the next pass may ask for: `trials_per_pass`, but one while the pruner waits for a completed
+    trial (min_resource "auto" prunes nothing before one exists: the trials of a first pass of K would all run to the
+    end, where one at a time the second is already pruned)."""
+    if config.prune and config.prune_min_resource == "auto" and config.epochs > config.report_interval():
+        if not any(t.last_step is not None for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
+            return 1
+    return config.trials_per_pass
+
+
+def _next_number(study: optuna.Study) -> int:
+    """The number the next `ask` will most likely get (another worker may take it first): an enqueued trial's, else a new one."""
+    trials = study.get_trials(deepcopy=False)
+    waiting = [t.number for t in trials if t.state == TrialState.WAITING]
+    return min(waiting) if waiting else len(trials)
+
+
 def _has_place(study: optuna.Study, config: SweepConfig) -> bool:
     """True when the study has room for another trial: fewer live trials than the budget, or an enqueued one waiting."""
     live = study.get_trials(deepcopy=False, states=LIVE)
@@ -550,8 +577,9 @@ def _run_pass(study: optuna.Study, config: SweepConfig, trainer: _TrialTrainer, 
     that may run in one pass. Returns one outcome per trial asked: "ran", "over_budget" or "duplicate".
 
     The first trial is asked for whatever the study holds (the caller saw a free place; a worker that filled it meanwhile
-    makes this one over budget); later ones only while a place is free. Asking stops at the first over-budget trial;
-    a duplicate is replaced by another ask (up to MAX_REDRAWS in one pass).
+    makes this one over budget); later ones only while a place is free, and not past the last Sobol trial when the pass
+    holds one (a TPE trial drawn next to running Sobol trials would not learn from their results). Asking stops at the
+    first over-budget trial; a duplicate is replaced by another ask (up to MAX_REDRAWS in one pass).
     """
     outcomes: list[str] = []
     held: list[_Held] = []
@@ -560,6 +588,8 @@ def _run_pass(study: optuna.Study, config: SweepConfig, trainer: _TrialTrainer, 
         while len(runs) < size and outcomes.count("duplicate") <= MAX_REDRAWS:
             if held and not _has_place(study, config):
                 break
+            if any(slot.trial.number < config.n_startup() for slot in held) and _next_number(study) >= config.n_startup():
+                break  # the next trial would be a TPE draw
             trial = study.ask()
             heartbeat = Heartbeat(storage, trial._trial_id, config.heartbeat_seconds).__enter__()
             slot = _Held(trial, heartbeat)
