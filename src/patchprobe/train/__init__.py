@@ -1,4 +1,4 @@
-"""Training: losses, metrics, the shared-pass trainer, the L-BFGS baseline, and typed run folders."""
+"""Training: losses, metrics, the shared-pass trainer (settings of one probe stacked into one model), the L-BFGS baseline, and typed run folders."""
 
 from .core import TrainConfig, TrainResult, build_probe, evaluate, loss_name, predict, split_batches
 from .lbfgs import L2_GRID, fit_lbfgs, search_l2
@@ -6,6 +6,7 @@ from .losses import LOSSES, asymmetric_loss
 from .metrics import (METRICS, average_precision, compute_metrics, evaluate_scores, multiclass_metrics, multilabel_metrics,
                       primary_metric, roc_auc, top1_hit_rate)
 from .run import fit, load_probe
+from .stacked import StackedMembers
 from .store import ProbeArchitecture, Run, RunMetrics, RunRecord
 from .trainer import train_probes
 
@@ -17,6 +18,7 @@ __all__ = [
     "Run",
     "RunMetrics",
     "RunRecord",
+    "StackedMembers",
     "TrainConfig",
     "TrainResult",
     "asymmetric_loss",
