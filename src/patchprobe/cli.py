@@ -6,6 +6,7 @@ import functools
 import json
 import math
 import os
+import types
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -70,6 +71,101 @@ def _split_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
+def _keyword_types(factory: Callable, names: Optional[list[str]] = None) -> Optional[dict[str, object]]:
+    """keyword -> type hint (None where it has none) of what a registered factory accepts; None when it takes
+    **kwargs (it checks those itself). `names` narrows the keywords (e.g. a probe's own arguments)."""
+    import inspect
+    import typing
+
+    parameters = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return None
+    try:
+        hints = typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory)
+    except Exception:  # an annotation that cannot be resolved: check names only
+        hints = {}
+    keywords = [n for n, p in parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return {name: hints.get(name) for name in keywords if names is None or name in names}
+
+
+def _type_text(hint: object) -> str:
+    """`int | None` -> "int", `str | Path | None` -> "str or Path": the type a value given on the command line must have."""
+    import typing
+
+    members = [m for m in typing.get_args(hint) if m is not type(None)] if typing.get_origin(hint) in (typing.Union, types.UnionType) else [hint]
+    return " or ".join(getattr(m, "__name__", None) or str(m).replace("typing.", "") for m in members)
+
+
+def _checked_option(accepted: Optional[dict[str, object]], subject: str, key: str, value, flag: str,
+                    flags: Optional[dict[str, str]] = None) -> object:
+    """One option of a registered encoder, probe or dataset, checked before anything is read or written.
+
+    An unknown key or a value of the wrong type raises a usage error naming `flag` and what is allowed (keys with a
+    flag of their own are listed with it, from `flags`). Returns the value converted to the keyword's type.
+    """
+    from pydantic import TypeAdapter, ValidationError
+
+    if accepted is None:
+        return value
+    if key not in accepted:
+        listed = ", ".join(f"{name} ({flags[name]})" if flags and name in flags else name for name in accepted) or "none"
+        raise typer.BadParameter(f"{subject} takes no option {key!r}; its options are: {listed}", param_hint=flag)
+    hint = accepted[key]
+    if hint is None:
+        return value
+    for candidate in (value, str(value)) if not isinstance(value, str) else (value,):
+        try:
+            return TypeAdapter(hint).validate_python(candidate)
+        except ValidationError:
+            continue
+    shown = f"{key}={value}" if flag.endswith("-arg") else str(value)
+    raise typer.BadParameter(f"{shown!r}: {subject} takes {key} as {_type_text(hint)}", param_hint=flag)
+
+
+def _checked_options(accepted: Optional[dict[str, object]], subject: str, options: dict, flag: str,
+                     flags: Optional[dict[str, str]] = None) -> dict:
+    """`_checked_option` for every KEY=VALUE of a repeatable option."""
+    return {key: _checked_option(accepted, subject, key, value, flag, flags) for key, value in options.items()}
+
+
+def _encoder_options(encoder: str, options: dict, flag: str = "--encoder-arg", **own_flags: tuple[object, str]) -> dict:
+    """--encoder-arg KEY=VALUE pairs plus the options with a flag of their own (own_flags: keyword -> (value, flag),
+    None values left out), checked against the encoder's factory; an option the encoder lacks names the encoders
+    that take it."""
+    from .encoders import ENCODERS
+
+    accepted = _keyword_types(ENCODERS.get(encoder))
+    flags = {key: flag_name for key, (_, flag_name) in own_flags.items()} | {"device": "--device"}
+    checked = {}
+    for key, (value, flag_name) in own_flags.items():
+        if value is None:
+            continue
+        if accepted is not None and key not in accepted:
+            takers = [name for name in ENCODERS.names() if key in (_keyword_types(ENCODERS.get(name)) or {})]
+            raise typer.BadParameter(f"encoder {encoder!r} takes no {flag_name}; encoders that do: {', '.join(takers) or 'none'}",
+                                     param_hint=flag_name)
+        checked[key] = _checked_option(accepted, f"encoder {encoder!r}", key, value, flag_name)
+    return checked | _checked_options(accepted, f"encoder {encoder!r}", options, flag, flags)
+
+
+def _run_encoder_options(run: Path, options: dict) -> dict:
+    """`predict`/`export` --encoder-arg pairs, checked against the encoder the run's bank was extracted with."""
+    if not options:
+        return options
+    from .train import Run
+
+    return _encoder_options(Run(run).bank.encoder, options)
+
+
+def _probe_options(probe: str, options: dict, flag: str = "--probe-arg") -> dict:
+    """--probe-arg KEY=VALUE pairs checked against the probe's own arguments (`patchprobe probes` lists them)."""
+    from .probes import PROBES
+
+    names = list(PROBES.spec(probe).arguments())
+    return _checked_options(_keyword_types(PROBES.get(probe), names), f"probe {probe!r}", options, flag,
+                            {"prototypes_per_class": "--prototypes-per-class"})
+
+
 def _fail(exc: Exception) -> None:
     console.print(f"[bold red]error:[/bold red] {escape(_describe_error(exc))}", soft_wrap=True)  # one line, whatever the width
     raise typer.Exit(code=2)
@@ -118,16 +214,22 @@ def demo(
     probes: str = typer.Option("linear,mhca,protobin", help="comma-separated probe names, or 'all' for the whole zoo"),
     seeds: int = typer.Option(1, min=1, help="train every probe with seeds 0..N-1 and report mean ± sd"),
     kinds: str = typer.Option("multilabel,singlelabel", help="which synthetic datasets: multilabel, singlelabel or both"),
-    prototypes_per_class: int = typer.Option(20, help="J for the prototype probes"),
+    prototypes_per_class: int = typer.Option(20, min=1, help="J for the prototype probes"),
     device: str = typer.Option("cpu", help="torch device for encoder and probes"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Synthetic localized events -> encoder -> bank -> probes (linear / mhca / protobin by default) -> table and figure."""
+    from .demo import DATASETS as DEMO_KINDS
     from .demo import DemoConfig, results_markdown, run_demo
+    from .encoders.base import check_device
 
+    chosen_kinds = list(DEMO_KINDS) if kinds.strip() == "both" else _split_list(kinds)
+    if not chosen_kinds or any(kind not in DEMO_KINDS for kind in chosen_kinds):
+        raise typer.BadParameter(f"{kinds!r}: choose {', '.join(DEMO_KINDS)} or both", param_hint="--kinds")
+    check_device(device)
     settings = {
-        "encoder": encoder, "encoder_args": _parse_pairs(encoder_arg, "--encoder-arg"), "out": out, "device": device,
-        "probes": _split_list(probes), "seeds": list(range(seeds)), "kinds": _split_list(kinds),
+        "encoder": encoder, "encoder_args": _encoder_options(encoder, _parse_pairs(encoder_arg, "--encoder-arg")), "out": out, "device": device,
+        "probes": _split_list(probes), "seeds": list(range(seeds)), "kinds": chosen_kinds,
         "prototypes_per_class": prototypes_per_class,
     }
     config = DemoConfig.quick_mode(**settings) if quick else DemoConfig(**settings)
@@ -167,7 +269,7 @@ def extract(
 ) -> None:
     """Build (or resume, or repair) a token-map bank from a manifest, a benchmark dataset, or class folders."""
     from .bank import Bank, extract_bank, shard_for_process
-    from .datasets import ManifestDataset, MixupAugmented, MixupConfig, checked, create_dataset
+    from .datasets import MixupAugmented, MixupConfig, checked
     from .encoders import create_encoder
 
     chosen_shard, device, torchrun_note = shard_for_process(shard, device)
@@ -176,11 +278,17 @@ def extract(
     _check_extract_options(batch_size, chunk_clips, device)
     if (manifest is None) == (dataset is None):
         raise typer.BadParameter("give exactly one of --manifest CSV or --dataset NAME")
+    chosen_layer = int(layer) if layer and layer.lstrip("-").isdigit() else layer
+    encoder_options = _encoder_options(encoder, _parse_pairs(encoder_arg, "--encoder-arg"), layer=(chosen_layer, "--layer"),
+                                       checkpoint=(None if checkpoint is None else str(checkpoint), "--checkpoint"),
+                                       half=(True if half else None, "--half"))
+    if half and not device.startswith("cuda"):
+        raise typer.BadParameter(f"half precision runs on a CUDA device, and --device is {device!r}: drop --half, or pass --device cuda",
+                                 param_hint="--half")
     if manifest is not None:
-        data = ManifestDataset(manifest, multilabel=multilabel)
+        data = _manifest_dataset(manifest, multilabel)
     else:
-        options = _parse_pairs(dataset_arg, "--dataset-arg")
-        data = create_dataset(dataset, data_dir=data_dir, **options)
+        data = _named_dataset(dataset, data_dir, _parse_pairs(dataset_arg, "--dataset-arg"), multilabel)
     if validate:
         data = checked(data, skip_bad=skip_bad, splits=split, progress=not quiet, strict=strict,
                        warn=lambda text: console.print(f"[yellow]warning:[/yellow] {escape(text)}"))
@@ -188,13 +296,7 @@ def extract(
         raise typer.BadParameter("--strict needs validation; drop --no-validate")
     if augment_variants:
         data = MixupAugmented(data, MixupConfig(variants=augment_variants))
-    chosen_layer = int(layer) if layer and layer.lstrip("-").isdigit() else layer
-    options = _parse_pairs(encoder_arg, "--encoder-arg")
-    if checkpoint is not None:
-        options["checkpoint"] = str(checkpoint)
-    if half:
-        options["half"] = True
-    model = create_encoder(encoder, layer=chosen_layer, device=device, **options)
+    model = create_encoder(encoder, device=device, **{"layer": chosen_layer, **encoder_options})
     extract_bank(data, model, bank, splits=split, batch_size=batch_size, chunk_clips=chunk_clips,
                  dtype=dtype, skip_bad=skip_bad, progress=not quiet, shard=chosen_shard,
                      refresh_changed=refresh_changed, log=lambda text: console.print(f"[yellow]{escape(text)}[/yellow]"))
@@ -229,11 +331,15 @@ def train(
     A finished run of the same setting in --out is kept and shown; one of another setting is refused unless --overwrite.
     """
     from .bank import LoadedBank
+    from .encoders.base import check_device
     from .train import TrainConfig, fit, search_l2
 
-    args = _parse_pairs(probe_arg, "--probe-arg")
+    args = _probe_options(probe, _parse_pairs(probe_arg, "--probe-arg"))
     if prototypes_per_class is not None:
-        args["prototypes_per_class"] = prototypes_per_class
+        args |= _probe_options(probe, {"prototypes_per_class": prototypes_per_class}, "--prototypes-per-class")
+    if weight_decay is not None and not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise typer.BadParameter(f"{weight_decay} is not a finite number >= 0", param_hint="--weight-decay")
+    check_device(device)
     if solver not in ("adamw", "lbfgs"):
         raise typer.BadParameter(f"{solver!r} is not adamw or lbfgs", param_hint="--solver")
     if loss not in ("auto", "asl", "bce", "ce"):
@@ -396,13 +502,19 @@ def sweep(
     from .errors import SweepIncompleteError
     from .sweep import SweepConfig, run_sweep
 
-    bounds = tuple(float(x) for x in _split_list(lr_range)) if lr_range else None
-    if bounds is not None and (len(bounds) != 2 or not 0 < bounds[0] < bounds[1]):
-        raise typer.BadParameter("--lr-range needs LOW,HIGH with 0 < LOW < HIGH")
+    from .encoders.base import check_device
+
+    try:
+        bounds = tuple(float(x) for x in _split_list(lr_range)) if lr_range else None
+    except ValueError:
+        bounds = ()
+    if bounds is not None and (len(bounds) != 2 or not 0 < bounds[0] < bounds[1] < math.inf):
+        raise typer.BadParameter(f"{lr_range!r}: give LOW,HIGH, two numbers with 0 < LOW < HIGH (e.g. 1e-3,1)", param_hint="--lr-range")
+    check_device(device)
     if grace_seconds <= heartbeat_seconds:
         raise typer.BadParameter(f"{grace_seconds} must exceed --heartbeat-seconds ({heartbeat_seconds}), or live workers' "
                                  "trials are taken for dead", param_hint="--grace-seconds")
-    config = SweepConfig(probe=probe, probe_args=_parse_pairs(probe_arg, "--probe-arg"), trials=trials,
+    config = SweepConfig(probe=probe, probe_args=_probe_options(probe, _parse_pairs(probe_arg, "--probe-arg")), trials=trials,
                          startup_trials=startup_trials, epochs=epochs, seeds=seeds, lr_range=bounds, prune=not no_prune,
                          heartbeat_seconds=heartbeat_seconds, grace_seconds=grace_seconds, device=device,
                          trials_per_pass=trials_per_pass)
@@ -607,11 +719,11 @@ def datasets_check(
 
 @command()
 def probes(
-    dim: int = typer.Option(768, help="token dimension D to count parameters for"),
-    classes: int = typer.Option(527, help="number of classes C"),
-    global_dim: Optional[int] = typer.Option(None, help="global vector size G (default: D; 0 = none)"),
-    freq_tokens: int = typer.Option(8, help="frequency tokens F of the grid (freqpool's input is F x D)"),
-    prototypes_per_class: int = typer.Option(20, help="J for the prototype probes"),
+    dim: int = typer.Option(768, min=1, help="token dimension D to count parameters for"),
+    classes: int = typer.Option(527, min=1, help="number of classes C"),
+    global_dim: Optional[int] = typer.Option(None, min=0, help="global vector size G (default: D; 0 = none)"),
+    freq_tokens: int = typer.Option(8, min=1, help="frequency tokens F of the grid (freqpool's input is F x D)"),
+    prototypes_per_class: int = typer.Option(20, min=1, help="J for the prototype probes"),
 ) -> None:
     """List every registered probe: family, trainable parameters for D, C (and G, F, J), search range, the lr grid
     `train --lr auto` tries, the default J and epochs, arguments."""
@@ -668,9 +780,16 @@ def predict(
 
     check_device(device)
     fmt = output_format(out, format)
+    for value, flag in ((window, "--window"), (hop, "--hop")):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise typer.BadParameter(f"{value} is not a number of seconds > 0", param_hint=flag)
+    if timeline is not None and timeline.suffix.lower() not in (".csv", ".json"):
+        raise typer.BadParameter(f"{timeline}: the activity rows are written as .csv or .json", param_hint="--timeline")
+    if plot_file is not None and plot is None:
+        raise typer.BadParameter("chooses the file --plot draws: pass --plot PNG too", param_hint="--plot-file")
+    encoder_args = _run_encoder_options(run, _parse_pairs(encoder_arg, "--encoder-arg"))
     paths = collect_audio(inputs)
-    predictor = Predictor.from_run(run, device=device, window_s=window, hop_s=hop, batch_size=batch_size,
-                                   encoder_args=_parse_pairs(encoder_arg, "--encoder-arg"))
+    predictor = Predictor.from_run(run, device=device, window_s=window, hop_s=hop, batch_size=batch_size, encoder_args=encoder_args)
     sidecar = out.with_name(out.name + ".partial.jsonl")
     if fresh:
         sidecar.unlink(missing_ok=True)
@@ -705,7 +824,8 @@ def export(
     against PyTorch with onnxruntime and carry the class names and encoder settings as metadata."""
     from .export import export_run
 
-    result = export_run(run, format, out, with_encoder=with_encoder, encoder_args=_parse_pairs(encoder_arg, "--encoder-arg"))
+    encoder_args = _run_encoder_options(run, _parse_pairs(encoder_arg, "--encoder-arg"))
+    result = export_run(run, format, out, with_encoder=with_encoder, encoder_args=encoder_args)
     console.print(f"wrote {result['path']} ({_bytes(result['bytes'])})")
     if "prototype_bytes" in result:
         ratio = result["float32_prototype_bytes"] / result["prototype_bytes"]
@@ -720,6 +840,41 @@ def export(
 
 def _fmt(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _manifest_dataset(manifest: Path, multilabel: Optional[bool]):
+    """`extract --manifest`: the manifest read with the task type --multilabel/--multiclass asks for."""
+    from .datasets import ManifestDataset
+
+    data = ManifestDataset(manifest, multilabel=True if multilabel else None)
+    if multilabel is False and data.multilabel:
+        clip, count = next((c, int(data.labels_of(c).sum())) for s in data.splits for c in data.clip_ids(s) if data.labels_of(c).sum() != 1)
+        raise typer.BadParameter(f"multi-class data needs exactly one label per clip; {manifest} gives {data.path_of(clip)} "
+                                 f"{count} labels: drop --multiclass (the manifest is then read as multi-label) or fix that row",
+                                 param_hint="--multiclass")
+    return data
+
+
+def _named_dataset(name: str, data_dir: Optional[Path], options: dict, multilabel: Optional[bool]):
+    """`extract --dataset NAME`: a registered dataset, its --data-dir and --dataset-arg options checked before it is read."""
+    import inspect
+
+    from pydantic import ValidationError
+
+    from .datasets import DATASETS, create_dataset
+
+    factory = DATASETS.get(name)
+    if multilabel is not None:
+        raise typer.BadParameter(f"sets the task type of a --manifest; --dataset {name} has its own: drop the flag",
+                                 param_hint="--multilabel/--multiclass")
+    folder = inspect.signature(factory).parameters.get("data_dir")
+    if data_dir is None and folder is not None and folder.default is inspect.Parameter.empty:
+        raise typer.BadParameter(f"dataset {name!r} reads a local folder: pass --data-dir DIR", param_hint="--data-dir")
+    options = _checked_options(_keyword_types(factory), f"dataset {name!r}", options, "--dataset-arg", {"data_dir": "--data-dir"})
+    try:
+        return create_dataset(name, data_dir=data_dir, **options)
+    except ValidationError as exc:  # the dataset's typed options (e.g. the synthetic generator's)
+        raise typer.BadParameter(_describe_error(exc), param_hint="--dataset-arg") from None
 
 
 def _check_extract_options(batch_size: int | None, chunk_clips: int, device: str) -> None:
