@@ -197,3 +197,17 @@ def test_plot_groups_runs_by_every_setting_but_the_seed(tmp_path):
     assert table["seeds"].tolist() == [2, 2] and sorted(table["mean"].round(3)) == [0.405, 0.805]
     by_lr = sweep_plot(frame, "lr", tmp_path / "lr.png")
     assert "linear" not in set(by_lr["probe"])  # L-BFGS runs have no learning rate to plot at
+
+
+def test_the_demo_rates_come_from_the_registered_grids(monkeypatch):
+    """One source of learning rates: the full demo trains each probe's registered grid, --quick one member of it."""
+    from patchprobe import demo
+    from patchprobe.probes import PROBES
+
+    full, quick = demo.DemoConfig().lr_grid, demo.DemoConfig.quick_mode().lr_grid
+    for name in PROBES.names():
+        assert full[name] == list(PROBES.spec(name).lr_grid)
+        assert len(quick[name]) == 1 and quick[name][0] in PROBES.spec(name).lr_grid, name
+    monkeypatch.setitem(demo.QUICK_PICKS, "linear", 0.5)  # a pick the registration no longer offers is refused
+    with pytest.raises(ValueError, match="linear's pick 0.5 is not in its registered lr_grid"):
+        demo.DemoConfig.quick_mode()
