@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     probes = PROBES.names() if args.probes == "all" else [p.strip() for p in args.probes.split(",")]
+    args.code = _code_version()  # at the start: the package is imported now, whatever changes on disk during the run
 
     tick = time.time()
     data = SyntheticConfig(kind="multilabel", seed=args.seed, sizes={"train": args.train, "valid": args.valid, "test": args.test},
@@ -106,11 +107,25 @@ def main() -> None:
           f"within 2 points; wrote {summary['path']} ({summary['total_seconds']:.0f} s)")
 
 
+def _code_version() -> str | None:
+    """The commit measured (with "+changes" when src/ differs from it), so a result names its code."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "src"], cwd=repo, capture_output=True,
+                               text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+changes" if dirty.strip() else "")
+
+
 def _write(args, data, rows, metric, extracted, tick) -> dict:
     gaps = [row["gap_points"] for row in rows.values()]
     summary = {
         "data": data.model_dump(mode="json"), "encoder": "tiny-mae", "metric": f"test {metric}", "device": args.device,
-        "host": platform.node(), "protocol": "TrainConfig defaults (AdamW, 30 epochs, batch 128, ASL gamma_neg 4 / gamma_pos 1 / clip 0.05)",
+        "host": platform.node(), "code": args.code, "protocol": "TrainConfig defaults (AdamW, 30 epochs, batch 128, ASL gamma_neg 4 / gamma_pos 1 / clip 0.05)",
         "probes": rows, "max_gap_points": max(gaps) if gaps else None, "within_2_points": sum(g <= 2.0 for g in gaps),
         "probes_measured": len(gaps), "extract_seconds": round(extracted, 1), "total_seconds": round(time.time() - tick, 1),
     }
