@@ -602,11 +602,14 @@ def bench_plan(
     grid: Path = typer.Argument(..., help="GRID.yaml"),
     jobs: bool = typer.Option(True, "--jobs/--totals", help="list every job, or only the totals"),
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
+    trials_per_pass: Optional[int] = typer.Option(None, "--trials-per-pass", min=1, help="cost searches as training this many "
+                                                  "trials together as one stacked model (default: what `bench run` does)"),
 ) -> None:
-    """Every job of a grid before anything runs: bank sizes and estimated hours per device (estimates: see docs/sweeps.md)."""
+    """Every job of a grid before anything runs: bank sizes and estimated hours per device, from measured rates
+    (see docs/benchmark.md)."""
     from .bench_plan import plan_grid
 
-    plan = plan_grid(grid)
+    plan = plan_grid(grid, trials_per_pass=trials_per_pass)
     if as_json:
         console.print_json(json.dumps(plan))
         return
@@ -621,9 +624,14 @@ def bench_plan(
     kinds = {kind: sum(j["kind"] == kind for j in plan["jobs"]) for kind in ("extract", "sweep")}
     console.print(f"{kinds['extract']} extractions, {kinds['sweep']} searches of {plan['trials']} trials x {plan['epochs']} epochs "
                   f"+ {plan['seeds']} seed runs; banks {plan['totals']['bank_gb']:,.0f} GB (float16)")
+    passes = " or ".join("one trial at a time" if k == 1 else f"{k} trials per stacked pass" for k in plan["trials_per_pass"])
     for device, label in plan["devices"].items():
-        total = plan["totals"]["hours"][device]
-        console.print(f"  {label}: {total:,.0f} h ({total / 24:,.1f} days) for one worker, searches unpruned (an upper bound)")
+        total, extract = plan["totals"]["hours"][device], plan["totals"]["extract_hours"][device]
+        console.print(f"  {label}: {total:,.0f} h ({total / 24:,.1f} days) for one worker: extraction {extract:,.1f} h, searches "
+                      f"{plan['totals']['sweep_hours'][device]:,.0f} h ({passes}, unpruned: an upper bound)")
+    rates = plan["rates"]
+    console.print(f"rates: extraction measured on {'; '.join(dict.fromkeys(rates['extraction'].values()))}; training on "
+                  f"{rates['training']}; GPU training {rates['gpu_training']}", soft_wrap=True)
     if plan["unknown"]:
         console.print(f"[yellow]no estimate for: {', '.join(plan['unknown'])}[/yellow] (no measured geometry, or not a benchmark dataset)")
 
