@@ -147,3 +147,10 @@ def test_predict_and_export_check_encoder_options_against_the_run_encoder(tiny_r
     result = runner.invoke(app, ["predict", str(tiny_run), str(audio), "--out", str(tmp_path / "p.json"), "--encoder-arg", "seed=0", "--quiet"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "p.json").read_text())
+
+
+def test_plot_split_and_datasets_check_sample(tmp_path):
+    text = refused(["plot", str(tmp_path), "--x", "lr", "--split", "train"])
+    assert "--split" in text and "valid or test" in text
+    text = refused(["datasets", "check", "hsn", "--sample", "-1"])
+    assert "--sample" in text

@@ -417,6 +417,8 @@ def plot(
     """Plot a metric against one setting over many runs (e.g. mAP vs J), mean ± sd over seeds, one line per probe."""
     from .report import collect_runs, markdown_table, sweep_plot
 
+    if split not in ("valid", "test"):
+        raise typer.BadParameter(f"{split!r} is not valid or test (the splits runs are scored on)", param_hint="--split")
     path = out or runs / f"{metric}_vs_{x}.png"
     table = sweep_plot(collect_runs(runs), x, path, metric=metric, split=split, log_x=not linear_x)
     console.print(markdown_table(table, floatfmt=".4f"))
@@ -692,7 +694,7 @@ def datasets_check(
     key: str = typer.Argument(..., help="benchmark dataset key (see `patchprobe datasets`)"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="the local copy (default: the Hugging Face cache)"),
     dataset_arg: Optional[list[str]] = typer.Option(None, "--dataset-arg", help="protocol option KEY=VALUE (repeatable)"),
-    sample: int = typer.Option(200, help="audio headers to read (0 = every clip)"),
+    sample: int = typer.Option(200, min=0, help="audio headers to read (0 = every clip)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
     """Check a benchmark dataset's copy before extracting: rows per split and classes against the published
