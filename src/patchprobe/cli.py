@@ -626,7 +626,7 @@ def bench_plan(
     kinds = {kind: sum(j["kind"] == kind for j in plan["jobs"]) for kind in ("extract", "sweep")}
     console.print(f"{kinds['extract']} extractions, {kinds['sweep']} searches of {plan['trials']} trials x {plan['epochs']} epochs "
                   f"+ {plan['seeds']} seed runs; banks {plan['totals']['bank_gb']:,.0f} GB (float16)")
-    passes = " or ".join("one trial at a time" if k == 1 else f"{k} trials per stacked pass" for k in plan["trials_per_pass"])
+    passes = " or ".join("one trial at a time" if k == 1 else f"{k} trials per pass" for k in plan["trials_per_pass"])
     for device, label in plan["devices"].items():
         total, extract = plan["totals"]["hours"][device], plan["totals"]["extract_hours"][device]
         console.print(f"  {label}: {total:,.0f} h ({total / 24:,.1f} days) for one worker: extraction {extract:,.1f} h, searches "
