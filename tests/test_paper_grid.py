@@ -111,3 +111,6 @@ def test_the_paper_grid_plans_every_job_with_estimates():
     result = runner.invoke(app, ["bench", "plan", str(PAPER_GRID), "--totals"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "252 extractions, 3276 searches of 50 trials x 30 epochs" in result.output
+    # every rate is named: measured extraction devices, the training benchmark, and GPU training as derived
+    assert "NVIDIA H100 80GB HBM3, float16" in result.output and "GPU training not measured" in result.output
+    assert plan["totals"]["hours"]["cuda-fp16"] < plan["totals"]["hours"]["cuda"] < plan["totals"]["hours"]["cpu"] / 100
