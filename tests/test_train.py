@@ -79,3 +79,19 @@ def test_a_diverging_config_does_not_stop_the_shared_pass(bank, tmp_path):
                             [0, 1], tmp_path / "runs", progress=False)
     assert table["mhca"]["lr"] == 1e-3 and table["mhca"]["lr_candidates"]["1e+30"] is None
     assert set(table["mhca"]["test_per_seed"]) == {"0", "1"}
+
+
+def test_pooled_heads_fit_their_standardiser_from_vectors_pooled_once(bank):
+    """`build_probe` fits linear/mlp/linearc/freqpool from the split's pooled vectors (`prepare_pooled`), not by
+    reading every token map per trial: the statistics equal those `prepare` computes from the token batches."""
+    from patchprobe.train import build_probe, split_batches
+
+    train = LoadedBank.load(bank).train
+    for name in ("linear", "mlp", "linearc", "freqpool"):
+        probe = build_probe(train, TrainConfig(probe=name))
+        again = build_probe(train, TrainConfig(probe=name))
+        again.norm.mean.zero_()
+        again.prepare(split_batches(train, "cpu"))
+        torch.testing.assert_close(probe.norm.mean, again.norm.mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(probe.norm.std, again.norm.std, rtol=1e-5, atol=1e-6)
+        assert float(probe.norm.std.sub(1).abs().max()) > 1e-3  # fitted, not the identity

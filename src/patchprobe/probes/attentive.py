@@ -24,6 +24,11 @@ def _masked_softmax(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 class AttentiveProbe(Probe, ABC):
     """Base of heads that pool tokens with attention weights."""
 
+    # Each trial projects every token with its own weights, so K trials cost K times the FLOPs however
+    # they are batched, and vmap's batched products measured slower than K separate passes at a
+    # realistic size (mhca, 8 trials, D = 768: 0.88x; benchmarks/train.py): trials share the data pass only.
+    stack_trials = False
+
     @abstractmethod
     def attention(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled vector (B, H) and attention weights (B, Q, T*F) over flattened tokens (Q heads or queries)."""
@@ -103,8 +108,6 @@ class EfficientProbe(AttentiveProbe):
 
     `queries` (M, default 32) must divide D. Parameters: M D + D^2 + (D + 1) C.
     """
-
-    stack_trials = False  # its grouped value products run slower vmapped than K separate passes (`Probe.stack_trials`)
 
     def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0, queries: int = 32) -> None:
         super().__init__(token_dim, num_classes, global_dim, freq_tokens)

@@ -30,8 +30,9 @@ class Probe(nn.Module):
     # else: training then feeds it vectors pooled once per split (`forward_pooled`) instead of token maps.
     pooled_inputs: tuple[str, ...] | None = None
     # Whether K trials of this head train as one stacked (vmapped) model by default. False where vmap's
-    # batched kernels measured slower than K separate passes on CPU (K = 8, 32 clips x 128 tokens x 64,
-    # one thread: conv 0.57x, ep 0.69x, linpre 0.69x; mhca 2.0x, protobin 1.6x faster stacked).
+    # batched kernels measured slower than K separate passes on CPU (benchmarks/train.py and a 1-thread
+    # check at K = 8, 32 clips x 128 tokens x 64: conv 0.57x, ep 0.69x, linpre 0.69x; the attentive heads
+    # at D = 768: mhca 0.88x); they still share the pass over the data.
     stack_trials: bool = True
 
     def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0) -> None:
@@ -72,6 +73,11 @@ class Probe(nn.Module):
     def auxiliary_loss(self) -> torch.Tensor | None:
         """Extra loss term added by the trainer (e.g. an orthogonality penalty); None when absent."""
         return None
+
+    def prepare_pooled(self, pooled: dict[str, torch.Tensor]) -> None:
+        """`prepare` for heads that read pooled inputs: the training split's vectors {kind: (N, H)} (kinds:
+        `pooled_inputs`), pooled once per split, so K trials do not each read every token map again."""
+        raise TypeError(f"{self.name} reads token maps, not pooled vectors (pooled_inputs is None)")
 
     def prepare(self, batches) -> None:
         """Fit what comes from the training data before training starts (default: nothing).

@@ -45,6 +45,9 @@ class _PooledHead(Probe, ABC):
     def prepare(self, batches) -> None:
         _fit_standardizer(self.norm, self.pool, batches)
 
+    def prepare_pooled(self, pooled: dict[str, torch.Tensor]) -> None:
+        self.norm.fit(self.pooled_vector(pooled).float())
+
     def features(self, tokens: torch.Tensor, mask: torch.Tensor, global_vector: torch.Tensor | None = None) -> torch.Tensor:
         """The standardised clip vector S(h): (B, H), the input of the linear head."""
         return self.norm(self.pool(tokens, mask, global_vector))
@@ -107,6 +110,9 @@ class MLPProbe(Probe):
 
     def prepare(self, batches) -> None:
         _fit_standardizer(self.norm, self._pool, batches)
+
+    def prepare_pooled(self, pooled: dict[str, torch.Tensor]) -> None:
+        self.norm.fit(pooled[self.pooled_inputs[0]].float())
 
     def forward(self, tokens, mask, global_vector=None):
         return self.head(self.mlp(self.norm(self._pool(tokens, mask, global_vector))))

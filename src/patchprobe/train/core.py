@@ -256,5 +256,8 @@ def build_probe(train: LoadedSplit, config: TrainConfig) -> Probe:
         **config.probe_args,
     ).to(config.device)
     if type(probe).prepare is not Probe.prepare:
-        probe.prepare(split_batches(train, config.device))
+        if probe.pooled_inputs is not None:  # the split's vectors, pooled once for every trial
+            probe.prepare_pooled({kind: train.pooled(kind).to(config.device) for kind in probe.pooled_inputs})
+        else:
+            probe.prepare(split_batches(train, config.device))
     return probe
