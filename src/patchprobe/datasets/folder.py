@@ -74,5 +74,6 @@ def _class_files(folder: Path):
 
 
 @DATASETS.register("folder", "a folder per class (ROOT/<class>/*.wav or ROOT/<split>/<class>/*.wav)")
-def _folder_dataset(data_dir: str | Path, **options) -> FolderDataset:
-    return FolderDataset(data_dir, **{k: (float(v) if k != "seed" else int(v)) for k, v in options.items()})
+def _folder_dataset(data_dir: str | Path, valid_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> FolderDataset:
+    # explicit arguments: the CLI checks --dataset-arg keys and types against this signature
+    return FolderDataset(data_dir, valid_fraction=float(valid_fraction), test_fraction=float(test_fraction), seed=int(seed))
