@@ -493,7 +493,7 @@ def sweep(
     wait_seconds: Optional[float] = typer.Option(None, min=0, help="when only trials held by other workers are left: wait at most this long for them (reclaiming silent ones), then exit 3; default: as long as they run"),
     db_retry_seconds: float = typer.Option(120.0, min=0, help="wait out a database outage this long before giving up (exit 2)"),
     device: str = typer.Option("cpu"),
-    trials_per_pass: int = typer.Option(4, min=1, help="trials this worker asks for and trains together as one stacked model; each is still pruned and told on its own"),
+    trials_per_pass: int = typer.Option(1, min=1, help="trials this worker asks for and trains together (one stacked model where the probe stacks); each is still reported, pruned and told on its own. Pays off without pruning (--no-prune): see docs/sweeps.md"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar (notices about waiting and outages are still printed)"),
 ) -> None:
     """The paper's search for one (bank, probe): Sobol then TPE over lr and weight decay, pruned, then 3 seeds.
