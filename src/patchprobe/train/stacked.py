@@ -108,7 +108,6 @@ class StackedMembers:
         self.exp_avg_sq = {name: torch.zeros_like(self.params[name]) for name in self.trained}
         self.steps = torch.zeros(self.count, dtype=torch.float64)
         self.active = torch.ones(self.count, dtype=torch.bool)
-        self.warmup_fraction = [c.warmup_epochs for c in configs]
         self.grad_clip = [c.grad_clip for c in configs]
         self._loss_fn = vmap(self._member_loss, in_dims=(0, 0, None, None), randomness="different")
         self._logits_fn = vmap(self._member_logits, in_dims=(0, 0, None), randomness="different")
@@ -181,6 +180,26 @@ class StackedMembers:
             param.copy_(torch.where(mask, stepped, param))
             self.exp_avg[name].copy_(torch.where(mask, exp_avg, self.exp_avg[name]))
             self.exp_avg_sq[name].copy_(torch.where(mask, exp_avg_sq, self.exp_avg_sq[name]))
+
+    @torch.no_grad()
+    def keep(self, positions: list[int]) -> None:
+        """Drop every member but those at `positions` (in that order), optimiser state included, so stopped
+        (pruned or diverged) members cost nothing from here on. `sync()` first: dropped probes keep what they had."""
+        index = torch.tensor(positions, dtype=torch.long)
+
+        def take(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {name: tensor.index_select(0, index.to(tensor.device)) for name, tensor in tensors.items()}
+
+        trained = {name: tensor.requires_grad for name, tensor in self.params.items()}
+        self.params = {name: tensor.requires_grad_(trained[name]) for name, tensor in take(self.params).items()}
+        self.buffers = take(self.buffers)
+        self.base_lr, self.weight_decay = take(self.base_lr), take(self.weight_decay)
+        self.exp_avg, self.exp_avg_sq = take(self.exp_avg), take(self.exp_avg_sq)
+        self.steps, self.active = self.steps[index], self.active[index]
+        self.probes = [self.probes[k] for k in positions]
+        self.configs = [self.configs[k] for k in positions]
+        self.grad_clip = [self.grad_clip[k] for k in positions]
+        self.count = len(positions)
 
     @torch.no_grad()
     def sync(self) -> list[Probe]:

@@ -304,6 +304,7 @@ def _train_group(train: LoadedSplit, configs, epochs, batch_size, data_seed, pro
                         member["stack"][0].active[member["stack"][1]] = False
             if all(m["stopped"] or m["diverged"] for m in members):
                 break
+        _drop_stopped(stacks, members)
     bar.close()
     few = None
     if total < FEW_STEPS:
@@ -342,6 +343,17 @@ def _make_stacks(members: list[dict], multilabel: bool) -> list[tuple[StackedMem
                 members[slot]["stack"] = (stack, position)
             stacks.append((stack, part))
     return stacks
+
+
+def _drop_stopped(stacks: list[tuple[StackedMembers, list[int]]], members: list[dict]) -> None:
+    """Take stopped (pruned or diverged) members out of their stacks: they cost nothing in later epochs."""
+    for stack, slots in stacks:
+        positions = [p for p, slot in enumerate(slots) if not (members[slot]["stopped"] or members[slot]["diverged"])]
+        if positions and len(positions) < len(slots):
+            stack.keep(positions)
+            slots[:] = [slots[p] for p in positions]
+            for position, slot in enumerate(slots):
+                members[slot]["stack"] = (stack, position)
 
 
 def _stacked_step(stack: StackedMembers, slots: list[int], members: list[dict], sums: list[float], batch: dict, step: int,
