@@ -167,7 +167,8 @@ def postgres():
 
 @pytest.mark.slow
 def test_two_workers_share_one_postgres_study_without_duplicates(bank, tmp_path, postgres):
-    workers = [_worker(bank, tmp_path / "out", postgres, trials=10) for _ in range(2)]
+    # in passes of up to 4 trials: racing passes keep the budget exact and settings distinct too
+    workers = [_worker(bank, tmp_path / "out", postgres, trials=10, extra=", trials_per_pass=4") for _ in range(2)]
     for worker in workers:
         _, err = worker.communicate(timeout=300)
         assert worker.returncode == 0, err.decode()[-2000:]
@@ -185,7 +186,7 @@ def test_two_workers_share_one_postgres_study_without_duplicates(bank, tmp_path,
 @pytest.mark.slow
 def test_a_killed_worker_loses_no_finished_trial(bank, tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    fast_heartbeat = ", heartbeat_seconds=1, grace_seconds=2, prune=False"
+    fast_heartbeat = ", heartbeat_seconds=1, grace_seconds=2, prune=False, trials_per_pass=4"  # killed mid-pass: 4 trials held
     worker = _worker(bank, tmp_path / "out", storage, trials=8, extra=fast_heartbeat)
     deadline = time.time() + 120
     finished = []
