@@ -69,7 +69,8 @@ def test_a_diverging_member_does_not_disturb_the_others(tiny_bank, monkeypatch):
         torch.testing.assert_close(value, alone.probe.state_dict()[key], rtol=2e-4, atol=2e-5)
 
 
-def test_on_epoch_can_stop_some_members(tiny_bank):
+def test_on_epoch_can_stop_some_members(tiny_bank, monkeypatch):
+    monkeypatch.setattr(PROBES.get("linear"), "stack_trials", True)  # the stacked path, dropping a stopped member
     loaded = LoadedBank.load(tiny_bank)
     train, valid = loaded.splits["train"], loaded["valid"]
     configs = [TrainConfig(probe="linear", epochs=4, batch_size=4, lr=lr) for lr in (1e-3, 1e-2, 1e-1)]

@@ -32,7 +32,8 @@ class Probe(nn.Module):
     # Whether K trials of this head train as one stacked (vmapped) model by default. False where vmap's
     # batched kernels measured slower than K separate passes on CPU (benchmarks/train.py and a 1-thread
     # check at K = 8, 32 clips x 128 tokens x 64: conv 0.57x, ep 0.69x, linpre 0.69x; the attentive heads
-    # at D = 768: mhca 0.88x); they still share the pass over the data.
+    # at D = 768: mhca 0.88x; the pooled heads once fitted from pooled vectors: linear 0.56x); they still
+    # share the pass over the data. The prototype heads stack (protobin 0.95-1.16x, one wider product).
     stack_trials: bool = True
 
     def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0) -> None:

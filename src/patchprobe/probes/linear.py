@@ -32,6 +32,10 @@ class _PooledHead(Probe, ABC):
     training-split standardisation. The pooled vector is fixed, so the head can be solved with L-BFGS."""
 
     supports_lbfgs = True
+    # once the standardiser is fitted from pooled vectors, a trial is a few small products per step and
+    # the stacked model's per-step overhead dominates: 8 linear trials took 2.9 s stacked, 1.4 s side by side
+    # in one pass, 1.6 s one at a time (benchmarks/results/train-cpu-trials.md)
+    stack_trials = False
 
     def __init__(self, token_dim: int, num_classes: int, global_dim: int, freq_tokens: int, features: int) -> None:
         super().__init__(token_dim, num_classes, global_dim, freq_tokens)
@@ -90,6 +94,8 @@ class MLPProbe(Probe):
     No canonical hidden size exists; we use `hidden = H` (the input width) by default, with dropout
     `dropout` (default 0) after the activation. Parameters: (H + 1) hidden + (hidden + 1) C.
     """
+
+    stack_trials = False  # as the pooled heads: cheaper side by side in the shared pass (`_PooledHead`)
 
     def __init__(
         self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0,
