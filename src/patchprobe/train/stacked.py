@@ -86,18 +86,14 @@ class StackedMembers:
         self.device = configs[0].device
         self._loss_template = _LossOfBatch(copy.deepcopy(probes[0]), loss, configs[0])
         self._logits_template = _Logits(self._loss_template.probe)
-        self.params, self.buffers = stack_module_state([p for p in probes])
+        self.params, self.buffers = stack_module_state(probes)
         # per stacked parameter: each member's base lr and weight decay, from the member's own groups
+        settings = [_group_settings(probe, config) for probe, config in zip(probes, configs)]  # name -> (lr, decay)
         self.base_lr: dict[str, torch.Tensor] = {}
         self.weight_decay: dict[str, torch.Tensor] = {}
         for name in list(self.params):
-            lrs, decays = [], []
-            for probe, config in zip(probes, configs):
-                groups = probe.param_groups(config.lr, config.weight_decay)
-                owner = dict(probe.named_parameters())[name]
-                group = next((g for g in groups if any(p is owner for p in g["params"])), None)
-                lrs.append(None if group is None else float(group["lr"]))
-                decays.append(0.0 if group is None else float(group.get("weight_decay", 0.0)))
+            lrs = [member.get(name, (None, 0.0))[0] for member in settings]
+            decays = [member.get(name, (None, 0.0))[1] for member in settings]
             if any(lr is None for lr in lrs):  # not in any optimiser group: frozen
                 self.params[name].requires_grad_(False)
                 continue
@@ -113,12 +109,10 @@ class StackedMembers:
         self._logits_fn = vmap(self._member_logits, in_dims=(0, 0, None), randomness="different")
 
     def _member_loss(self, params, buffers, batch, labels):
-        state = {**{f"probe.{k}": v for k, v in params.items()}, **{f"probe.{k}": v for k, v in buffers.items()}}
-        return functional_call(self._loss_template, state, (batch, self.device, labels))
+        return functional_call(self._loss_template, _probe_state(params, buffers), (batch, self.device, labels))
 
     def _member_logits(self, params, buffers, batch):
-        state = {**{f"probe.{k}": v for k, v in params.items()}, **{f"probe.{k}": v for k, v in buffers.items()}}
-        return functional_call(self._logits_template, state, (batch, self.device))
+        return functional_call(self._logits_template, _probe_state(params, buffers), (batch, self.device))
 
     def step(self, batch: dict, factors: list[float]) -> torch.Tensor:
         """One optimiser step of every active member on `batch`; returns each member's loss: (K,) float64.
@@ -141,7 +135,7 @@ class StackedMembers:
         return values
 
     def _clip_gradients(self) -> None:
-        limits = [c for c in self.grad_clip]
+        limits = self.grad_clip
         if not any(limits):
             return
         squares = sum(self.params[name].grad.flatten(1).double().pow(2).sum(dim=1) for name in self.trained
@@ -226,3 +220,15 @@ class StackedMembers:
             return np.zeros((self.count, 0, self.probes[0].num_classes), np.float32)
         return torch.cat(parts, dim=1).numpy()
 
+
+def _group_settings(probe: Probe, config: TrainConfig) -> dict[str, tuple[float, float]]:
+    """parameter name -> (base lr, weight decay) from the probe's optimiser groups (`Probe.param_groups`);
+    a parameter in no group is absent (frozen)."""
+    names = {id(tensor): name for name, tensor in probe.named_parameters()}
+    return {names[id(tensor)]: (float(group["lr"]), float(group.get("weight_decay", 0.0)))
+            for group in probe.param_groups(config.lr, config.weight_decay) for tensor in group["params"]}
+
+
+def _probe_state(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One member's parameters and buffers named as inside the wrapper modules (`probe.<name>`)."""
+    return {f"probe.{name}": tensor for name, tensor in (*params.items(), *buffers.items())}

@@ -250,6 +250,8 @@ def _train_group(train: LoadedSplit, configs, epochs, batch_size, data_seed, pro
     step = 0
     bar = ProgressBar(progress, f"training {', '.join(dict.fromkeys(c.probe for c in configs))}"
                       + (f" ({len(configs)} settings)" if len(configs) > 1 else ""), total)
+    # heads that read only pooled vectors get those (pooled once per split), not the token maps
+    pooled = shared_pooled_inputs([m["probe"] for m in members])
     for epoch in range(epochs):
         order = torch.randperm(count, generator=torch.Generator().manual_seed(data_seed * 100_003 + epoch))
         sums = [0.0] * len(members)
@@ -258,8 +260,7 @@ def _train_group(train: LoadedSplit, configs, epochs, batch_size, data_seed, pro
             index = order[start : start + batch_size]
             if len(index) < 2:  # BatchNorm cannot train on one sample
                 continue
-            # heads that read only pooled vectors get those (pooled once per split), not the token maps
-            batch = train.batch(index.to(train.tokens.device), pooled=shared_pooled_inputs([m["probe"] for m in members]))
+            batch = train.batch(index.to(train.tokens.device), pooled=pooled)
             for stack, slots in stacks:
                 _stacked_step(stack, slots, members, sums, batch, step, total, steps_per_epoch)
             for slot in singles:
