@@ -86,6 +86,36 @@ def test_mhca_is_initialised_as_vjepa_attentive_pooler():
     assert probe.head.weight.abs().max() > 0.03  # PyTorch's default uniform(+-1/sqrt(768)) = +-0.036
 
 
+@pytest.mark.parametrize("name, dim, heads", [("mhca", 64, None), ("mhca", 96, 3), ("ep", 64, None), ("simpool", 64, None)])
+def test_fast_attention_equals_the_textbook_order(name, dim, heads):
+    """mhca, ep and simpool reassociate their products so that no token gets its own key or value projection
+    (mhca: two products against H vectors per token; ep: pool per query, then project; simpool: fold W_k into
+    the query). Outputs, attention weights and every parameter's gradient equal the textbook order
+    (`attention_reference`, in float64) on a batch with a padded clip. mhca's key bias is the exception: it
+    only shifts each head's scores by a constant, which the softmax removes, so its true gradient is zero
+    (the fast path gives exactly zero, the textbook order float noise)."""
+    torch.manual_seed(3)
+    probe = create_probe(name, dim, 7, **({"heads": heads} if name == "mhca" else {})).double()
+    with torch.no_grad():  # move off the initialisation (LayerNorm 1/0, zero biases) so every term counts
+        for parameter in probe.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    tokens = torch.randn(3, 5, 4, dim, dtype=torch.float64)
+    mask = torch.ones(3, 5, 4, dtype=torch.bool)
+    mask[1, 2:] = False
+    fast, fast_weights = probe.attention(tokens, mask)
+    slow, slow_weights = probe.attention_reference(tokens, mask)
+    assert torch.allclose(fast, slow, atol=1e-10) and torch.allclose(fast_weights, slow_weights, atol=1e-12)
+    assert float(fast_weights[1].reshape(-1, 5, 4)[:, 2:].abs().max()) == 0.0  # padding gets no weight
+    names = [parameter for parameter, _ in probe.named_parameters()]
+    fast_grads = torch.autograd.grad(probe.head(fast).square().sum(), list(probe.parameters()))
+    slow_grads = torch.autograd.grad(probe.head(slow).square().sum(), list(probe.parameters()))
+    for parameter, a, b in zip(names, fast_grads, slow_grads):
+        if parameter == "kv.bias":
+            assert float(a[:dim].abs().max()) == 0.0 and float(b[:dim].abs().max()) < 1e-10
+            a, b = a[dim:], b[dim:]
+        assert torch.allclose(a, b, atol=1e-9), parameter
+
+
 def test_protobin_gradient_reaches_real_valued_prototypes():
     tokens, mask, _ = batch()
     probe = make("protobin", prototypes_per_class=3)

@@ -133,6 +133,10 @@ def _similarity_per_token(s: HeadShape) -> float:
     return 2.0 * s.dim * s.prototypes + 3.0 * s.dim
 
 
+def _heads(dim: int) -> int:
+    return max(1, dim // 64)  # mhca's default head count
+
+
 _LAYERNORM = 10.0  # FLOPs per value of a LayerNorm forward (mean, variance, normalise, scale and shift)
 
 PROBE_COSTS: dict[str, ProbeCost] = {
@@ -145,14 +149,19 @@ PROBE_COSTS: dict[str, ProbeCost] = {
     # depthwise 3x3 on the tokens (x2), pointwise D x D after it (x3); head on [max ‖ mean] (2 D)
     "conv": ProbeCost("tokens", lambda s: 2 * 2.0 * 9 * s.dim + 3 * 2.0 * s.dim * s.dim,
                       lambda s: 3 * 2.0 * 2 * s.dim * s.classes),
-    # LN, keys and values (D x 2D) after it, scores and weighted sum; per clip: out proj, MLP (D x 4D x 2), head
-    "mhca": ProbeCost("tokens", lambda s: 3 * (_LAYERNORM * s.dim + 2.0 * s.dim * 2 * s.dim + 2 * 2.0 * s.dim),
-                      lambda s: 3 * (2.0 * s.dim * s.dim + 2 * 2.0 * s.dim * 4 * s.dim + 2.0 * s.dim * s.classes)),
-    # values (D x D) and 32 query scores on the raw tokens (x2), grouped weighted sum (x3)
-    "ep": ProbeCost("tokens", lambda s: 2 * (2.0 * s.dim * s.dim + 2.0 * 32 * s.dim) + 3 * 2.0 * s.dim,
-                    lambda s: 3 * 2.0 * s.dim * s.classes),
-    "simpool": ProbeCost("tokens", lambda s: 3 * (_LAYERNORM * s.dim + 2.0 * s.dim * s.dim + 2 * 2.0 * s.dim),
-                         lambda s: 3 * (2.0 * s.dim * s.dim + 2.0 * s.dim * s.classes)),
+    # one query, so no per-token keys or values (`MHCAProbe.attention`): per token LN's normalisation, H scores
+    # and the H-weighted sum (x2 each: weight and weights gradients, the tokens need none); per clip: the key
+    # and value maps folded with the query (2 D^2), out proj, MLP (D x 4D x 2), head
+    "mhca": ProbeCost("tokens", lambda s: _LAYERNORM * s.dim + 2 * 2 * 2.0 * s.dim * _heads(s.dim),
+                      lambda s: 3 * (3 * 2.0 * s.dim * s.dim + 2 * 2.0 * s.dim * 4 * s.dim + 2.0 * s.dim * s.classes)),
+    # 32 query scores and the 32 weighted sums on the raw tokens (x2 each: queries' and weights' gradients);
+    # per clip: each pooled vector onto its value group (D^2 in all), head (`EfficientProbe.attention`)
+    "ep": ProbeCost("tokens", lambda s: 2 * 2 * 2.0 * 32 * s.dim,
+                    lambda s: 3 * (2.0 * s.dim * s.dim + 2.0 * s.dim * s.classes)),
+    # LN, the score against the clip's folded query and the weighted sum (x3: LN trains); per clip: W_q on
+    # the mean token (x2), W_k folded into the query (x3, `SimPoolProbe.attention`), head
+    "simpool": ProbeCost("tokens", lambda s: 3 * (_LAYERNORM * s.dim + 2 * 2.0 * s.dim),
+                         lambda s: 2 * 2.0 * s.dim * s.dim + 3 * (2.0 * s.dim * s.dim + 2.0 * s.dim * s.classes)),
     # V (D x D) on the raw tokens (x2), tanh and score (x3), weighted sum of the tokens (x2)
     "abmilp": ProbeCost("tokens", lambda s: 2 * 2.0 * s.dim * s.dim + 3 * 2.0 * s.dim + 2 * 2.0 * s.dim,
                         lambda s: 3 * 2.0 * s.dim * s.classes),
