@@ -22,12 +22,106 @@ def _masked_softmax(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return scores.masked_fill(~valid, float("-inf")).softmax(dim=-1)
 
 
+class _TokenScores(torch.autograd.Function):
+    """tokens (B, N, D) @ vectors (H, D)^T -> (B, N, H), with a vmap rule for stacked trials: K sets of
+    vectors against the same tokens become one product with K H vectors, which reads the tokens once
+    (vmap's own rule expands the tokens K times; measured 3x slower at K = 8)."""
+
+    @staticmethod
+    def forward(tokens, vectors):
+        return tokens @ vectors.T
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        tokens, vectors = ctx.saved_tensors
+        grad = grad.to(tokens.dtype)  # under autocast the gradient may come back wider than the product ran
+        grad_tokens = grad @ vectors if ctx.needs_input_grad[0] else None
+        grad_vectors = grad.reshape(-1, grad.shape[-1]).T @ tokens.reshape(-1, tokens.shape[-1]) if ctx.needs_input_grad[1] else None
+        return grad_tokens, grad_vectors
+
+    @staticmethod
+    def vmap(info, in_dims, tokens, vectors):
+        token_dim, vector_dim = in_dims
+        if token_dim is None and vector_dim is not None:
+            stacked = vectors.movedim(vector_dim, 0)  # (K, H, D)
+            count, per_set = stacked.shape[:2]
+            scores = _TokenScores.apply(tokens, stacked.reshape(count * per_set, -1))  # (B, N, K H)
+            return scores.unflatten(-1, (count, per_set)), scores.ndim - 1
+        tokens = tokens.movedim(token_dim, 0) if token_dim is not None else tokens.expand(info.batch_size, *tokens.shape)
+        vectors = vectors.movedim(vector_dim, 0) if vector_dim is not None else vectors.expand(info.batch_size, *vectors.shape)
+        return torch.stack([_TokenScores.apply(t, v) for t, v in zip(tokens, vectors)]), 0
+
+
+class _PoolTokens(torch.autograd.Function):
+    """weights (B, H, N) @ tokens (B, N, D) -> (B, H, D), with a vmap rule for stacked trials: K members'
+    weights over the same tokens become one product with K H rows per clip, reading the tokens once."""
+
+    @staticmethod
+    def forward(weights, tokens):
+        return weights @ tokens
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        weights, tokens = ctx.saved_tensors
+        grad = grad.to(tokens.dtype)
+        grad_weights = grad @ tokens.transpose(-2, -1) if ctx.needs_input_grad[0] else None
+        grad_tokens = weights.transpose(-2, -1) @ grad if ctx.needs_input_grad[1] else None
+        return grad_weights, grad_tokens
+
+    @staticmethod
+    def vmap(info, in_dims, weights, tokens):
+        weight_dim, token_dim = in_dims
+        if token_dim is None and weight_dim is not None:
+            stacked = weights.movedim(weight_dim, 1)  # (B, K, H, N)
+            batch, count, per_set = stacked.shape[:3]
+            pooled = _PoolTokens.apply(stacked.reshape(batch, count * per_set, -1), tokens)  # (B, K H, D)
+            return pooled.unflatten(1, (count, per_set)), 1
+        weights = weights.movedim(weight_dim, 0) if weight_dim is not None else weights.expand(info.batch_size, *weights.shape)
+        tokens = tokens.movedim(token_dim, 0) if token_dim is not None else tokens.expand(info.batch_size, *tokens.shape)
+        return torch.stack([_PoolTokens.apply(w, t) for w, t in zip(weights, tokens)]), 0
+
+
+def _exporting() -> bool:
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+def _same_dtype(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Operands of one product in one dtype: autocast's where it is on (an autograd Function's forward does
+    not see autocast's casts), else the wider of the two."""
+    if a.dtype == b.dtype:
+        return a, b
+    device = a.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.promote_types(a.dtype, b.dtype)
+    return a.to(dtype), b.to(dtype)
+
+
+def token_scores(tokens: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """tokens (B, N, D), vectors (H, D) -> (B, N, H) = tokens @ vectors.T (stacked trials: see `_TokenScores`)."""
+    tokens, vectors = _same_dtype(tokens, vectors)
+    return tokens @ vectors.T if _exporting() else _TokenScores.apply(tokens, vectors)
+
+
+def pool_tokens(weights: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """weights (B, H, N), tokens (B, N, D) -> (B, H, D) = weights @ tokens (stacked trials: see `_PoolTokens`)."""
+    weights, tokens = _same_dtype(weights, tokens)
+    return weights @ tokens if _exporting() else _PoolTokens.apply(weights, tokens)
+
+
 class AttentiveProbe(Probe, ABC):
     """Base of heads that pool tokens with attention weights."""
 
-    # Each trial projects every token with its own weights, so K trials cost K times the FLOPs however
-    # they are batched, and vmap's batched products measured slower than K separate passes at a
-    # realistic size (mhca, 8 trials, D = 768: 0.88x; benchmarks/train.py): trials share the data pass only.
+    # simpool's and abmilp's trials each transform every token with their own weights (a per-clip query,
+    # a tanh layer), which vmap batches slower than K separate passes: they share the data pass only.
+    # mhca and ep score and pool the tokens against a few vectors per trial (`token_scores`,
+    # `pool_tokens`), so K stacked trials read the tokens once: they stack (benchmarks/train.py).
     stack_trials = False
 
     @abstractmethod
@@ -52,6 +146,8 @@ class MHCAProbe(AttentiveProbe):
     pooler: Linear weights trunc-normal(0.02), zero biases, W_o and the MLP's output layer / sqrt(2). `heads` defaults to
     D // 64 (at least 1). Parameters: D + 4 D (LN) + 4 (D^2 + D) (q, k, v, o) + 8 D^2 + 5 D (MLP) + (D + 1) C.
     """
+
+    stack_trials = True
 
     def __init__(
         self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0,
@@ -97,9 +193,9 @@ class MHCAProbe(AttentiveProbe):
         query = self.q(self.query).reshape(self.heads, head_dim)
         key_weight, value_weight = self.kv.weight.reshape(2, self.heads, head_dim, dim).unbind(0)  # (H, d, D) each
         scoring = torch.einsum("hd,hdD->hD", query, key_weight) * self.norm1.weight / head_dim**0.5  # (H, D)
-        scores = normalised @ scoring.T  # (B, N, H)
+        scores = token_scores(normalised, scoring)  # (B, N, H)
         weights = _masked_softmax(scores.transpose(1, 2), valid[:, None, :])  # (B, H, N)
-        mixed = (weights @ normalised) * self.norm1.weight + self.norm1.bias  # (B, H, D): LN1 of the weighted mean
+        mixed = pool_tokens(weights, normalised) * self.norm1.weight + self.norm1.bias  # (B, H, D): LN1 of the weighted mean
         values = torch.einsum("bhD,hdD->bhd", mixed, value_weight) + self.kv.bias[dim:].reshape(self.heads, head_dim)
         pooled = values.reshape(batch, dim)
         q1 = self.query[:, 0] + self.proj(pooled)
@@ -135,6 +231,8 @@ class EfficientProbe(AttentiveProbe):
     `queries` (M, default 32) must divide D. Parameters: M D + D^2 + (D + 1) C.
     """
 
+    stack_trials = True
+
     def __init__(self, token_dim: int, num_classes: int, global_dim: int = 0, freq_tokens: int = 0, queries: int = 32) -> None:
         super().__init__(token_dim, num_classes, global_dim, freq_tokens)
         if token_dim % queries:
@@ -152,8 +250,8 @@ class EfficientProbe(AttentiveProbe):
         # M = 32), the same function (tested against `attention_reference`).
         z, valid = flatten_tokens(tokens, mask)
         batch, _, dim = z.shape
-        weights = _masked_softmax((self.queries @ z.transpose(1, 2)) / dim**0.5, valid[:, None, :])  # (B, M, N)
-        per_query = weights @ z  # (B, M, D)
+        weights = _masked_softmax(token_scores(z, self.queries / dim**0.5).transpose(1, 2), valid[:, None, :])  # (B, M, N)
+        per_query = pool_tokens(weights, z)  # (B, M, D)
         groups = self.value.weight.reshape(self.num_queries, dim // self.num_queries, dim)  # (M, D/M, D)
         pooled = torch.einsum("bmD,mgD->bmg", per_query, groups).reshape(batch, dim)
         return pooled, weights

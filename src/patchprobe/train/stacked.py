@@ -153,27 +153,41 @@ class StackedMembers:
 
     @torch.no_grad()
     def _adamw(self, update: torch.Tensor, factors: torch.Tensor) -> None:
-        """AdamW (decoupled weight decay, bias-corrected moments) with a learning rate per member."""
+        """AdamW (decoupled weight decay, bias-corrected moments) with a learning rate per member.
+
+        In place on the stacked tensors, one temporary per parameter: an optimiser step is a handful of
+        passes over K times a probe's parameters, and temporaries of that size (an earlier version made
+        eight, then selected with `where`) made it the slowest part of a stacked step for large heads
+        (mhca, 8 x 7 M parameters: 2.3 s of a 2.6 s step). Members not in `update` are left untouched.
+        """
         beta1, beta2 = BETAS
         self.steps += update.double()
         steps = self.steps.clamp(min=1)
         correction1 = (1 - beta1 ** steps).float()
         correction2_sqrt = (1 - beta2 ** steps).sqrt().float()
+        lr_factors = factors.float()
+        if bool(update.all()):
+            members = [slice(None)]
+        else:  # a member diverged within this epoch (rare: stopped members leave the stack at its end)
+            members = [int(k) for k in torch.nonzero(update).flatten()]
         for name in self.trained:
             param, grad = self.params[name], self.params[name].grad
             if grad is None:  # no gradient reached it (as torch's AdamW, no step and no decay)
                 continue
-            shape = (-1,) + (1,) * (param.ndim - 1)
-            mask = update.to(param.device).view(shape)
-            lr = (self.base_lr[name] * factors.to(param.device)).view(shape)
-            decayed = param * (1 - lr * self.weight_decay[name].view(shape))
-            exp_avg = torch.lerp(self.exp_avg[name], grad, 1 - beta1)
-            exp_avg_sq = self.exp_avg_sq[name] * beta2 + (1 - beta2) * grad * grad
-            denom = exp_avg_sq.sqrt() / correction2_sqrt.to(param.device).view(shape) + EPS
-            stepped = decayed - (lr / correction1.to(param.device).view(shape)) * exp_avg / denom
-            param.copy_(torch.where(mask, stepped, param))
-            self.exp_avg[name].copy_(torch.where(mask, exp_avg, self.exp_avg[name]))
-            self.exp_avg_sq[name].copy_(torch.where(mask, exp_avg_sq, self.exp_avg_sq[name]))
+            device = param.device
+            lr = self.base_lr[name] * lr_factors.to(device)  # (K,)
+            decay = 1 - lr * self.weight_decay[name]
+            step_size = lr / correction1.to(device)
+            root = correction2_sqrt.to(device)
+            for k in members:
+                shape = (-1,) + (1,) * (param.ndim - 1) if isinstance(k, slice) else ()
+                p, g, m, v = param[k], grad[k], self.exp_avg[name][k], self.exp_avg_sq[name][k]
+                p.mul_(decay[k].view(shape))
+                m.lerp_(g, 1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                # p -= step_size * m / (sqrt(v) / root + eps), as (sqrt(v) / root + eps) / step_size
+                denom = v.sqrt().div_(root[k].view(shape)).add_(EPS).div_(step_size[k].view(shape))
+                p.addcdiv_(m, denom, value=-1.0)
 
     @torch.no_grad()
     def keep(self, positions: list[int]) -> None:
