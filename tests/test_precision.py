@@ -28,7 +28,7 @@ def test_bf16_forward_is_close_to_float32(probe):
 def test_bf16_training_converges_alone_and_stacked(tiny_bank):
     splits = LoadedBank.load(tiny_bank).splits
     configs = [TrainConfig(probe=probe, epochs=8, batch_size=4, lr=lr, precision="bf16")
-               for probe, lr in (("protobin", 0.1), ("protobin", 0.03), ("mhca", 3e-3))]
+               for probe, lr in (("protobin", 0.1), ("protobin", 0.03), ("mhca", 3e-3), ("mhca", 1e-2), ("ep", 3e-2), ("ep", 0.1))]
     for result in train_probes(splits["train"], configs, {"valid": splits["valid"]}, progress=False):
         assert result.diverged is None
         assert result.history[-1]["loss"] < result.history[0]["loss"], result.config
