@@ -32,6 +32,7 @@ from typing import Callable
 from .bench import Grid
 from .datasets import SPECS
 from .probes import PROBES
+from .probes.attentive import default_heads
 
 BYTES_PER_VALUE = 2  # banks store float16 tokens
 RATES_FILE = "bench_rates.json"  # package data; `python benchmarks/rates.py` regenerates it from benchmarks/results/
@@ -133,10 +134,6 @@ def _similarity_per_token(s: HeadShape) -> float:
     return 2.0 * s.dim * s.prototypes + 3.0 * s.dim
 
 
-def _heads(dim: int) -> int:
-    return max(1, dim // 64)  # mhca's default head count
-
-
 _LAYERNORM = 10.0  # FLOPs per value of a LayerNorm forward (mean, variance, normalise, scale and shift)
 
 PROBE_COSTS: dict[str, ProbeCost] = {
@@ -152,7 +149,7 @@ PROBE_COSTS: dict[str, ProbeCost] = {
     # one query, so no per-token keys or values (`MHCAProbe.attention`): per token LN's normalisation, H scores
     # and the H-weighted sum (x2 each: weight and weights gradients, the tokens need none); per clip: the key
     # and value maps folded with the query (2 D^2), out proj, MLP (D x 4D x 2), head
-    "mhca": ProbeCost("tokens", lambda s: _LAYERNORM * s.dim + 2 * 2 * 2.0 * s.dim * _heads(s.dim),
+    "mhca": ProbeCost("tokens", lambda s: _LAYERNORM * s.dim + 2 * 2 * 2.0 * s.dim * default_heads(s.dim),
                       lambda s: 3 * (3 * 2.0 * s.dim * s.dim + 2 * 2.0 * s.dim * 4 * s.dim + 2.0 * s.dim * s.classes)),
     # 32 query scores and the 32 weighted sums on the raw tokens (x2 each: queries' and weights' gradients);
     # per clip: each pooled vector onto its value group (D^2 in all), head (`EfficientProbe.attention`)

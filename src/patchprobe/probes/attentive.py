@@ -22,7 +22,22 @@ def _masked_softmax(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return scores.masked_fill(~valid, float("-inf")).softmax(dim=-1)
 
 
-class _TokenScores(torch.autograd.Function):
+class _TokenProduct(torch.autograd.Function):
+    """A product of two operands whose vmap rule folds the K members of stacked trials into one product
+    when only the second operand (the per-member one) is batched; the subclasses define the product."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs)
+
+    @classmethod
+    def _one_call_per_member(cls, info, in_dims, *operands):
+        """vmap's fallback where the tokens differ per member too: one product each, stacked on dim 0."""
+        moved = [x.movedim(dim, 0) if dim is not None else x.expand(info.batch_size, *x.shape) for x, dim in zip(operands, in_dims)]
+        return torch.stack([cls.apply(*parts) for parts in zip(*moved)]), 0
+
+
+class _TokenScores(_TokenProduct):
     """tokens (B, N, D) @ vectors (H, D)^T -> (B, N, H), with a vmap rule for stacked trials: K sets of
     vectors against the same tokens become one product with K H vectors, which reads the tokens once
     (vmap's own rule expands the tokens K times; measured 3x slower at K = 8)."""
@@ -30,10 +45,6 @@ class _TokenScores(torch.autograd.Function):
     @staticmethod
     def forward(tokens, vectors):
         return tokens @ vectors.T
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(*inputs)
 
     @staticmethod
     def backward(ctx, grad):
@@ -51,22 +62,16 @@ class _TokenScores(torch.autograd.Function):
             count, per_set = stacked.shape[:2]
             scores = _TokenScores.apply(tokens, stacked.reshape(count * per_set, -1))  # (B, N, K H)
             return scores.unflatten(-1, (count, per_set)), scores.ndim - 1
-        tokens = tokens.movedim(token_dim, 0) if token_dim is not None else tokens.expand(info.batch_size, *tokens.shape)
-        vectors = vectors.movedim(vector_dim, 0) if vector_dim is not None else vectors.expand(info.batch_size, *vectors.shape)
-        return torch.stack([_TokenScores.apply(t, v) for t, v in zip(tokens, vectors)]), 0
+        return _TokenScores._one_call_per_member(info, in_dims, tokens, vectors)
 
 
-class _PoolTokens(torch.autograd.Function):
+class _PoolTokens(_TokenProduct):
     """weights (B, H, N) @ tokens (B, N, D) -> (B, H, D), with a vmap rule for stacked trials: K members'
     weights over the same tokens become one product with K H rows per clip, reading the tokens once."""
 
     @staticmethod
     def forward(weights, tokens):
         return weights @ tokens
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.save_for_backward(*inputs)
 
     @staticmethod
     def backward(ctx, grad):
@@ -84,9 +89,7 @@ class _PoolTokens(torch.autograd.Function):
             batch, count, per_set = stacked.shape[:3]
             pooled = _PoolTokens.apply(stacked.reshape(batch, count * per_set, -1), tokens)  # (B, K H, D)
             return pooled.unflatten(1, (count, per_set)), 1
-        weights = weights.movedim(weight_dim, 0) if weight_dim is not None else weights.expand(info.batch_size, *weights.shape)
-        tokens = tokens.movedim(token_dim, 0) if token_dim is not None else tokens.expand(info.batch_size, *tokens.shape)
-        return torch.stack([_PoolTokens.apply(w, t) for w, t in zip(weights, tokens)]), 0
+        return _PoolTokens._one_call_per_member(info, in_dims, weights, tokens)
 
 
 def _exporting() -> bool:
@@ -113,6 +116,11 @@ def pool_tokens(weights: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """weights (B, H, N), tokens (B, N, D) -> (B, H, D) = weights @ tokens (stacked trials: see `_PoolTokens`)."""
     weights, tokens = _same_dtype(weights, tokens)
     return weights @ tokens if _exporting() else _PoolTokens.apply(weights, tokens)
+
+
+def default_heads(dim: int) -> int:
+    """mhca's head count when none is given: D // 64 (V-JEPA's head width), at least 1."""
+    return max(1, dim // 64)
 
 
 class AttentiveProbe(Probe, ABC):
@@ -155,7 +163,7 @@ class MHCAProbe(AttentiveProbe):
     ) -> None:
         super().__init__(token_dim, num_classes, global_dim, freq_tokens)
         dim = token_dim
-        self.heads = heads or max(1, dim // 64)
+        self.heads = heads or default_heads(dim)
         if dim % self.heads:
             raise ValueError(f"mhca: token dim {dim} is not divisible by heads={self.heads}")
         self.query = nn.Parameter(torch.empty(1, 1, dim))

@@ -55,8 +55,8 @@ EDGE_FRACTION = 0.1  # of the log-range: a best value this close to a bound is f
 DB_RETRY_SECONDS = 120.0  # how long a worker waits out a database outage before giving up (--db-retry-seconds)
 MAX_REDRAWS = 20  # attempts at a setting no other trial of the study has
 # Trials a worker asks for and trains in one pass (--trials-per-pass). 1: with the paper's pruner, a pass of 4 measured
-# 1.26x the CPU time of one trial at a time for protobin (a stopped member of a stacked model is still computed) and
-# about the same for linear; without pruning passes are faster (docs/sweeps.md, "Trials per pass").
+# 1.52x the time of one trial at a time for protobin and 1.39x faster for mhca (8 trials on the demo bank); without
+# pruning passes are faster (docs/sweeps.md, "Trials per pass").
 TRIALS_PER_PASS = 1
 # What a study's settings may differ in between workers: how each worker runs, not what the search is.
 WORKER_SETTINGS = ("heartbeat_seconds", "grace_seconds", "device", "trials_per_pass")
